@@ -1,0 +1,1 @@
+"""Runs model functions over batches on devices; knows no biology."""

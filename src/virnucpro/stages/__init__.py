@@ -1,0 +1,1 @@
+"""Pure CPU stages: read, chunk, translate/select frames, write results."""
