@@ -1,0 +1,151 @@
+"""Checkpoint store: one file per finished shard, written atomically, under the output folder.
+
+Layout (`{result_dir}/.virnucpro_store/`):
+  manifest.json          format version, fingerprint of input + parameters + models
+  shard_000000.npz       ids, score1, score2, is_virus (+ embeddings when asked)
+
+A shard file appears only through os.replace of a fully written, fsynced temporary, so a
+crash at any moment leaves either the whole shard or none of it. A store whose fingerprint
+differs from the current run is refused unless the caller asks to restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from virnucpro import __version__
+from virnucpro.errors import CheckpointMismatch, OutputError
+
+STORE_DIRNAME = ".virnucpro_store"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    index: int
+    ids: list[str]
+    score1: np.ndarray  # float32
+    score2: np.ndarray  # float32
+    is_virus: np.ndarray  # bool
+    dna_embeddings: np.ndarray | None = None
+    protein_embeddings: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        assert self.score1.shape == (n,) and self.score2.shape == (n,) and self.is_virus.shape == (n,)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call write(handle) on a temporary beside `path`, fsync it, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ShardStore:
+    def __init__(self, result_dir: Path, fingerprint: str, *, restart: bool = False) -> None:
+        self.root = result_dir / STORE_DIRNAME
+        self.fingerprint = fingerprint
+        try:
+            self._open(restart)
+        except OSError as exc:
+            raise OutputError(f"cannot create the checkpoint store {self.root}: {exc.strerror}") from None
+
+    def _open(self, restart: bool) -> None:
+        manifest = self.root / "manifest.json"
+        if manifest.exists() and not restart:
+            found = self._read_manifest(manifest)
+            if found.get("fingerprint") != self.fingerprint:
+                raise CheckpointMismatch(
+                    f"{self.root} holds results of a different run (other input, parameters or "
+                    "models); rerun with --restart to discard them, or choose another output folder"
+                )
+            return
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        payload = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
+                   "virnucpro": __version__}
+        atomic_write_bytes(manifest, lambda h: h.write(json.dumps(payload, indent=1).encode()))
+
+    def _read_manifest(self, manifest: Path) -> dict:
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointMismatch(f"{manifest} is unreadable ({exc}); rerun with --restart") from None
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            data = migrate_manifest(data, manifest)
+        return data
+
+    def shard_path(self, index: int) -> Path:
+        return self.root / f"shard_{index:06d}.npz"
+
+    def has(self, index: int) -> bool:
+        return self.shard_path(index).is_file()
+
+    def save(self, result: ShardResult) -> None:
+        arrays = {
+            "ids": np.asarray(result.ids, dtype=np.str_),
+            "score1": result.score1.astype(np.float32, copy=False),
+            "score2": result.score2.astype(np.float32, copy=False),
+            "is_virus": result.is_virus.astype(bool, copy=False),
+        }
+        if result.dna_embeddings is not None:
+            arrays["dna_embeddings"] = result.dna_embeddings
+            arrays["protein_embeddings"] = result.protein_embeddings
+        atomic_write_bytes(self.shard_path(result.index), lambda h: np.savez(h, **arrays))
+
+    def load(self, index: int, expected_ids: list[str] | None = None) -> ShardResult | None:
+        """The stored shard, or None when absent or damaged (it is then recomputed)."""
+        path = self.shard_path(index)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ids = data["ids"].tolist()
+                result = ShardResult(
+                    index, ids, data["score1"], data["score2"], data["is_virus"],
+                    data["dna_embeddings"] if "dna_embeddings" in data else None,
+                    data["protein_embeddings"] if "protein_embeddings" in data else None,
+                )
+        except (OSError, ValueError, KeyError, AssertionError, EOFError):
+            path.unlink(missing_ok=True)
+            return None
+        if expected_ids is not None and ids != expected_ids:
+            path.unlink(missing_ok=True)
+            return None
+        return result
+
+    def discard(self) -> None:
+        """Remove the store once the final result files are safely in place."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def migrate_manifest(data: dict, manifest: Path) -> dict:
+    """Hook for reading stores written by older format versions (none exist yet)."""
+    raise CheckpointMismatch(
+        f"{manifest} has store format {data.get('format_version')!r}, this virnucpro writes "
+        f"{FORMAT_VERSION}; rerun with --restart"
+    )

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from virnucpro.errors import CheckpointMismatch
+from virnucpro.store import STORE_DIRNAME, ShardResult, ShardStore
+
+
+def result(index, n=3):
+    rng = np.random.default_rng(index)
+    s1 = rng.random(n, dtype=np.float32)
+    return ShardResult(index, [f"r{index}_{i}" for i in range(n)], s1, 1 - s1, (1 - s1) > s1)
+
+
+def test_save_load_roundtrip(tmp_path):
+    store = ShardStore(tmp_path, "fp1")
+    r = result(0)
+    store.save(r)
+    assert store.has(0) and not store.has(1)
+    back = store.load(0, expected_ids=r.ids)
+    assert back.ids == r.ids
+    np.testing.assert_array_equal(back.score1, r.score1)
+    assert back.score1.dtype == np.float32
+    # no temporaries left behind
+    assert sorted(p.name for p in (tmp_path / STORE_DIRNAME).iterdir()) == ["manifest.json", "shard_000000.npz"]
+
+
+def test_reopen_same_fingerprint_keeps_shards(tmp_path):
+    ShardStore(tmp_path, "fp1").save(result(0))
+    assert ShardStore(tmp_path, "fp1").has(0)
+
+
+def test_fingerprint_mismatch_refused_unless_restart(tmp_path):
+    ShardStore(tmp_path, "fp1").save(result(0))
+    with pytest.raises(CheckpointMismatch, match="--restart"):
+        ShardStore(tmp_path, "fp2")
+    store = ShardStore(tmp_path, "fp2", restart=True)
+    assert not store.has(0)
+
+
+def test_damaged_or_foreign_shard_is_dropped(tmp_path):
+    store = ShardStore(tmp_path, "fp1")
+    store.save(result(0))
+    store.save(result(1))
+    store.shard_path(0).write_bytes(b"not an npz")
+    assert store.load(0) is None and not store.has(0)
+    assert store.load(1, expected_ids=["other"]) is None and not store.has(1)
+
+
+def test_discard(tmp_path):
+    store = ShardStore(tmp_path, "fp1")
+    store.save(result(0))
+    store.discard()
+    assert not (tmp_path / STORE_DIRNAME).exists()
