@@ -1,0 +1,55 @@
+"""Cut records into the overlapping chunks the original classifier was trained on (SPEC 1).
+
+For a sequence of length L and chunk length cs:
+    n = ceil(L / cs); R = n*cs - L; lo = R // n; up = lo + 1
+    need = R - lo*(n-1); gaps = [up]*need + [lo]*(n-1-need)
+    chunk i starts at i*cs - sum(gaps[:i]) and is seq[start : start+cs] (clipped at L)
+The formula is odd (`need` usually exceeds n-1, so nearly every gap is `up`, and the last
+chunk is often short), but it is what the released models saw, so it is kept exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+from virnucpro.stages.types import Chunk, Record
+
+
+def chunk_starts(length: int, chunk_len: int) -> list[int]:
+    """Start offsets of the chunks of a sequence of `length` bases ([] when length is 0)."""
+    if chunk_len <= 0:
+        raise ValueError(f"chunk length must be positive, got {chunk_len}")
+    if length <= 0:
+        return []
+    n = -(-length // chunk_len)  # ceil without floats
+    remainder = n * chunk_len - length
+    lo = remainder // n
+    up = lo + 1
+    need = remainder - lo * (n - 1)
+    # sum(gaps[:i]) in closed form: the first `need` gaps are `up`, the rest `lo`.
+    return [i * chunk_len - (up * min(i, need) + lo * max(0, i - need)) for i in range(n)]
+
+
+def chunk_record(record: Record, chunk_len: int) -> list[Chunk]:
+    """The chunks of one record, ids `{record.id}_chunk_{i}` from 1; [] for an empty record."""
+    seq = record.seq
+    if 0 < len(seq) <= chunk_len:  # the common case for reads: one whole chunk
+        return [Chunk(f"{record.id}_chunk_1", seq)]
+    return [
+        Chunk(f"{record.id}_chunk_{i}", seq[start : start + chunk_len])
+        for i, start in enumerate(chunk_starts(len(seq), chunk_len), start=1)
+    ]
+
+
+def iter_chunks(
+    records: Iterable[Record], chunk_len: int, on_empty: Callable[[str], None]
+) -> Iterator[Chunk]:
+    """Chunk a stream of records; an empty record yields nothing and is reported to on_empty.
+
+    (The original divides by zero on an empty record; we skip it and let the caller warn.)
+    """
+    for record in records:
+        if not record.seq:
+            on_empty(record.id)
+            continue
+        yield from chunk_record(record, chunk_len)

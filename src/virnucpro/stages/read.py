@@ -1,0 +1,336 @@
+"""Read FASTA / FASTQ (plain or gzip) into `Record`s, streaming.
+
+Parsing follows Biopython's `SeqIO.parse(path, "fasta")` (the parser the original tool used),
+so the sequences are identical:
+- the file is read as UTF-8 text with universal newlines ('\\n', '\\r\\n' and a lone '\\r'
+  all end a line);
+- a line starting with '>' starts a record; title = rest of the line, trailing whitespace
+  removed; id = its first whitespace-delimited word ('' for an empty title);
+- every other line is sequence: all lines joined, then every ' ', '\\t', '\\r', '\\n' removed
+  (anywhere in the line, not only at the ends); case and all other letters are kept;
+- a record without sequence lines is yielded with seq '' (the chunk stage skips it).
+Deliberate differences, all of which turn a crash or silent garbage into an `InputError`:
+leading blank lines are skipped (Biopython >= 1.85 refuses them), any other leading text
+is refused (so is it by Biopython >= 1.85); non-ASCII letters in a sequence are refused
+(the original crashes on them later).
+
+FASTQ follows Biopython's FastqGeneralIterator: sequence lines up to a '+' line, quality
+lines until the quality is as long as the sequence (so a quality line may start with '@').
+
+Every problem raises `InputError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import array
+import gzip
+import io
+import re
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, TextIO
+
+import numpy as np
+
+from virnucpro.errors import InputError
+from virnucpro.stages.types import Record
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# Other compressors we recognise only to say clearly that they are not supported.
+_OTHER_MAGIC = {
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+}
+_SNIFF_BYTES = 1 << 16
+_BUFFER_BYTES = 1 << 20
+# Exceptions a corrupt or truncated gzip stream raises while being read.
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _open_binary(path: Path) -> io.BufferedReader:
+    """Open `path` for reading, turning OS errors into one-line InputErrors."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a FASTA/FASTQ file")
+    try:
+        return open(path, "rb", buffering=_BUFFER_BYTES)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied (cannot read the file)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
+
+
+def _decompressed(path: Path, raw: io.BufferedReader) -> io.BufferedReader:
+    """Return a buffered byte stream of the file's content, gunzipping by magic bytes."""
+    try:
+        magic = raw.peek(8)[:8]
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if magic.startswith(_GZIP_MAGIC):
+        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), _BUFFER_BYTES)
+    for prefix, name in _OTHER_MAGIC.items():
+        if magic.startswith(prefix):
+            raise InputError(f"{path}: {name}-compressed; only plain or gzip input is supported")
+    return raw
+
+
+def _check_text(path: Path, stream: io.BufferedReader) -> None:
+    """Refuse binary content early: a NUL byte never occurs in FASTA/FASTQ text."""
+    try:
+        sample = stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+    except _GZIP_ERRORS as exc:
+        raise InputError(f"{path}: corrupt gzip data ({exc})") from None
+    if b"\x00" in sample:
+        raise InputError(f"{path}: binary file, not FASTA/FASTQ text")
+
+
+@contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    """Yield the file as UTF-8 text with universal newlines (as Biopython reads it).
+
+    Decoding and gzip errors raised while the caller reads are turned into InputErrors here,
+    so every parser gets the same messages.
+    """
+    raw = _open_binary(path)
+    try:
+        stream = _decompressed(path, raw)
+        _check_text(path, stream)
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline=None)
+        try:
+            yield text
+        finally:
+            text.detach()
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text (undecodable bytes; binary file?)") from None
+    except _GZIP_ERRORS as exc:
+        raise InputError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied while reading") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a FASTA/FASTQ file") from None
+    finally:
+        raw.close()
+
+
+def _first_content_line(path: Path, text: TextIO) -> tuple[str | None, int]:
+    """Skip leading blank lines; return (first other line or None if empty, its number)."""
+    number = 0
+    for line in text:
+        number += 1
+        if line.strip():
+            if line[0] not in ">@":
+                snippet = line.strip()[:40]
+                raise InputError(
+                    f"{path}: not FASTA or FASTQ (first non-blank line must start with '>' "
+                    f"or '@', found {snippet!r})"
+                )
+            return line, number
+    return None, number
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _first_word(title: str) -> str:
+    """Biopython's record id: first whitespace-delimited word of the title, '' if none."""
+    words = title.split(None, 1)
+    return words[0] if words else ""
+
+
+def _clean_sequence(path: Path, record_id: str, lines: list[str]) -> str:
+    """Join sequence lines and drop ' ', '\\t', '\\r', '\\n' anywhere (Biopython 'fasta')."""
+    seq = "".join(lines).replace("\n", "")
+    # Cheap membership tests first: nearly every file has none of these.
+    for junk in (" ", "\t", "\r"):
+        if junk in seq:
+            seq = seq.replace(junk, "")
+    if not seq.isascii():
+        raise InputError(f"{path}: record {record_id!r} has non-ASCII letters in its sequence")
+    return seq
+
+
+def _parse_fasta(path: Path, first: str, first_number: int, text: TextIO) -> Iterator[Record]:
+    # first_number is unused: FASTA problems are named by record, not by line.
+    title = first[1:].rstrip()
+    lines: list[str] = []
+    for line in text:
+        if line[0] == ">":
+            record_id = _first_word(title)
+            yield Record(record_id, _clean_sequence(path, record_id, lines))
+            title = line[1:].rstrip()
+            lines = []
+        else:
+            lines.append(line)
+    record_id = _first_word(title)
+    yield Record(record_id, _clean_sequence(path, record_id, lines))
+
+
+class _FastqLines:
+    """A line source that counts lines, so FASTQ errors can name the line."""
+
+    def __init__(self, text: TextIO):
+        self._text = text
+        self.number = 0
+
+    def __iter__(self) -> "_FastqLines":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._text)
+        self.number += 1
+        return line
+
+
+def _parse_fastq(path: Path, first: str, first_number: int, text: TextIO) -> Iterator[Record]:
+    lines = _FastqLines(text)
+    lines.number = first_number
+    line: str | None = first
+    while line is not None:
+        if line[0] != "@":
+            raise InputError(f"{path}: malformed FASTQ at line {lines.number} (expected '@')")
+        title = line[1:].rstrip()
+        record_id = _first_word(title)
+        seq = _fastq_sequence(path, record_id, title, lines)
+        quality_len, line = _fastq_quality(lines, len(seq))
+        if quality_len != len(seq):
+            truncated = line is None and quality_len < len(seq)
+            where = "truncated FASTQ" if truncated else f"malformed FASTQ near line {lines.number}"
+            raise InputError(
+                f"{path}: {where}: record {record_id!r} has {len(seq)} bases "
+                f"but {quality_len} quality values"
+            )
+        yield Record(record_id, seq)
+
+
+def _fastq_sequence(path: Path, record_id: str, title: str, lines: _FastqLines) -> str:
+    """Sequence lines up to the '+' separator (whose optional title must match)."""
+    parts: list[str] = []
+    for line in lines:
+        if line[0] == "+":
+            second = line[1:].rstrip()
+            if second and second != title:
+                raise InputError(
+                    f"{path}: malformed FASTQ at line {lines.number}: '+' line does not "
+                    f"match the title of record {record_id!r}"
+                )
+            seq = "".join(parts)
+            if " " in seq or "\t" in seq:
+                raise InputError(f"{path}: malformed FASTQ: spaces in sequence of {record_id!r}")
+            if not seq.isascii():
+                raise InputError(f"{path}: record {record_id!r} has non-ASCII letters in its sequence")
+            return seq
+        parts.append(line.rstrip())
+    raise InputError(f"{path}: truncated FASTQ: record {record_id!r} has no '+' line")
+
+
+def _fastq_quality(lines: _FastqLines, seq_len: int) -> tuple[int, str | None]:
+    """Consume quality lines; return (quality length, next record's first line or None).
+
+    A line starting with '@' begins the next record only once the quality is complete,
+    because '@' is also a valid quality character.
+    """
+    quality_len = 0
+    for line in lines:
+        if line[0] == "@" and quality_len >= seq_len:
+            return quality_len, line
+        quality_len += len(line.rstrip())
+    return quality_len, None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def read_records(path: str | Path) -> Iterator[Record]:
+    """Yield the records of a FASTA or FASTQ file (plain or gzip), in file order.
+
+    Memory stays flat: one record is held at a time. Empty records are yielded (seq '').
+    """
+    path = Path(path)
+    with _open_text(path) as text:
+        first, first_number = _first_content_line(path, text)
+        if first is None:
+            return
+        parse = _parse_fasta if first[0] == ">" else _parse_fastq
+        yield from parse(path, first, first_number, text)
+
+
+# Header lines of FASTA: a '>' at the start of a line (after '\n' or a lone '\r').
+_FASTA_HEADER = re.compile(rb"(?<=[\r\n])>([^\r\n]*)(?=[\r\n])")
+_SCAN_BLOCK = 1 << 24
+
+
+def _fasta_header_titles(path: Path) -> Iterator[bytes]:
+    """Scan a FASTA file in large blocks and yield each header's raw title (no '>').
+
+    Works on bytes with one regular expression per block: far faster than parsing records.
+    `carry` keeps what the next block needs: a partial header line, or the line break that
+    precedes the block (so a '>' at the block's start is recognised), or one filler byte.
+    """
+    raw = _open_binary(path)
+    try:
+        stream = _decompressed(path, raw)
+        _check_text(path, stream)
+        carry = b"\n"  # the file's start counts as a line start
+        while True:
+            block = stream.read(_SCAN_BLOCK)
+            if not block:
+                break
+            data = carry + block
+            last_break = max(data.rfind(b"\n"), data.rfind(b"\r"))
+            if last_break < 0:
+                carry = b"x"  # mid-line, and not a header line
+                continue
+            yield from _FASTA_HEADER.findall(data, 0, last_break + 1)
+            rest = data[last_break + 1 :]
+            carry = data[last_break:] if (not rest or rest[:1] == b">") else b"x"
+        yield from _FASTA_HEADER.findall(carry + b"\n")
+    except _GZIP_ERRORS as exc:
+        raise InputError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    finally:
+        raw.close()
+
+
+def _header_ids(path: Path) -> Iterator[str]:
+    """Every record id in the file, without building sequences where avoidable."""
+    with _open_text(path) as text:
+        first, _ = _first_content_line(path, text)
+    if first is None:
+        return
+    if first[0] == "@":  # FASTQ: '@' may start a quality line, so parse properly
+        for record in read_records(path):
+            yield record.id
+        return
+    for title in _fasta_header_titles(path):
+        try:
+            yield _first_word(title.decode("utf-8").rstrip())
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not UTF-8 text (undecodable header)") from None
+
+
+def find_duplicate_ids(path: str | Path) -> list[str]:
+    """Return the ids that occur more than once in the file, sorted (a header-only pre-pass).
+
+    Memory: 8 bytes per record (a hash), not the ids themselves; ids are only kept on a
+    second pass, and only those whose hash repeats.
+    """
+    path = Path(path)
+    hashes = array.array("q", (hash(record_id) for record_id in _header_ids(path)))
+    values = np.frombuffer(hashes, dtype=np.int64) if len(hashes) else np.empty(0, np.int64)
+    ordered = np.sort(values)
+    repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not repeated:
+        return []
+    counts: dict[str, int] = {}
+    for record_id in _header_ids(path):  # second pass: resolve hash collisions exactly
+        if hash(record_id) in repeated:
+            counts[record_id] = counts.get(record_id, 0) + 1
+    return sorted(record_id for record_id, n in counts.items() if n > 1)
