@@ -19,59 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from classifier_factory import save_released_classifier
 from virnucpro.errors import ModelError
 from virnucpro.models.classifier import MLPClassifier, class_probabilities
 from virnucpro.models.classifier_loader import default_classifier_path, load_classifier
 
-# Written as an independent training script would be: its own class, the original names.
-TRAINING_SCRIPT = textwrap.dedent("""
-    import sys
-    import torch
-    import torch.nn as nn
-
-    class MLPClassifier(nn.Module):
-        def __init__(self, input_dim, hidden_dim, num_class):
-            super().__init__()
-            self.hidden_layer = nn.Linear(input_dim, hidden_dim)
-            self.bn1 = nn.BatchNorm1d(hidden_dim)
-            self.relu = nn.ReLU()
-            self.dropout = nn.Dropout(0.5)
-            self.output_layer = nn.Linear(hidden_dim, num_class)
-
-        def forward(self, x):
-            x = self.hidden_layer(x)
-            x = self.bn1(x)
-            x = self.relu(x)
-            x = self.dropout(x)
-            return self.output_layer(x)
-
-    torch.manual_seed(0)
-    model = MLPClassifier(3328, 512, 2)
-    # Non-trivial running statistics, as training leaves them.
-    model.bn1.running_mean.normal_(0, 0.3)
-    model.bn1.running_var.uniform_(0.5, 2.0)
-    model.bn1.weight.data.normal_(1, 0.2)
-    model.bn1.bias.data.normal_(0, 0.2)
-    model.bn1.num_batches_tracked += 1234
-    features = torch.randn(64, 3328)
-    model.eval()
-    with torch.no_grad():
-        probabilities = torch.softmax(model(features), dim=1)
-    torch.save(model, sys.argv[1])
-    torch.save({"features": features, "probabilities": probabilities}, sys.argv[2])
-""")
-
-
 @pytest.fixture(scope="module")
 def released(tmp_path_factory) -> tuple[Path, dict]:
     """(whole-module .pth written by a __main__ script, its recorded inputs/outputs)."""
-    folder = tmp_path_factory.mktemp("released")
-    script = folder / "train.py"
-    script.write_text(TRAINING_SCRIPT)
-    model_file, expected_file = folder / "500_model.pth", folder / "expected.pt"
-    subprocess.run([sys.executable, str(script), str(model_file), str(expected_file)],
-                   check=True, cwd=folder, timeout=120)
-    return model_file, torch.load(expected_file, weights_only=True)
+    return save_released_classifier(tmp_path_factory.mktemp("released"))
 
 
 def test_released_whole_module_pickle(released) -> None:

@@ -1,0 +1,142 @@
+"""Command line: parse arguments -> RunConfig -> pipeline.run. Typed errors become one line
+on stderr and a non-zero exit code; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from virnucpro import __version__
+from virnucpro.config import CHUNK_LENGTHS, PRECISIONS, ModelPaths, RunConfig
+from virnucpro.errors import InputError, VirnucproError
+
+log = logging.getLogger("virnucpro")
+EXIT_INTERRUPTED = 130
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="classify the sequences of a FASTA/FASTQ file as viral or not",
+        description="Chunk, translate, embed (DNABERT-S + ESM-2 3B) and classify. Results go to "
+        "{prefix}_merged/ like the original VirNucPro, where prefix is the input path up to its "
+        "first '.fa'. The original's form `predict INPUT 500 500_model.pth` works too.",
+    )
+    p.add_argument("input", type=Path, help="FASTA or FASTQ, optionally gzip-compressed")
+    p.add_argument("legacy_len", nargs="?", type=int, metavar="LEN",
+                   help="chunk length, positional as in the original (300 or 500)")
+    p.add_argument("legacy_classifier", nargs="?", type=Path, metavar="MODEL",
+                   help="classifier .pth, positional as in the original")
+    p.add_argument("-m", "--chunk-len", type=int, choices=CHUNK_LENGTHS, default=None,
+                   help="chunk length and model (default 500)")
+    p.add_argument("--classifier", type=Path, help="classifier .pth (default: the model cache)")
+    p.add_argument("--esm-model", type=Path, help="ESM-2 3B checkpoint (.pt)")
+    p.add_argument("--dnabert-model", type=Path, help="DNABERT-S folder (config.json, weights, tokenizer.json)")
+    p.add_argument("-o", "--output-dir", type=Path, help="results folder (default {prefix}_merged)")
+    p.add_argument("--devices", default="auto", help="auto (all GPUs, else CPU), cpu, cuda:N (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto = bf16 on GPUs, fp32 on CPUs (default auto)")
+    p.add_argument("--batch-tokens", type=int, help="token budget per batch (default: by device)")
+    p.add_argument("--keep-intermediate", action="store_true",
+                   help="also write the original's intermediate FASTA files")
+    p.add_argument("--reference", action="store_true",
+                   help="run the original algorithm (fp32, one-by-one DNABERT-S, 2048-token ESM batches)")
+    p.add_argument("--demo", action="store_true",
+                   help="tiny random models for the models not given: runs offline, results meaningless")
+    p.add_argument("--restart", action="store_true", help="discard results of an earlier interrupted run")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="virnucpro", description="Identify viral DNA with the VirNucPro method, on every GPU.")
+    parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_predict(sub)
+    models = sub.add_parser("models", help="where models are looked for; download them")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    info = msub.add_parser("info", help="show where each model is looked for and whether it is there")
+    info.add_argument("-m", "--chunk-len", type=int, choices=CHUNK_LENGTHS, default=500)
+    dl = msub.add_parser("download", help="download the real models (needs internet)")
+    dl.add_argument("--only", action="append", choices=("esm", "dnabert", "classifier"),
+                    help="download only this model (repeatable)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.legacy_len is not None and args.chunk_len is not None and args.legacy_len != args.chunk_len:
+        raise InputError(f"chunk length given twice: {args.legacy_len} and -m {args.chunk_len}")
+    if args.legacy_classifier is not None and args.classifier is not None:
+        raise InputError("classifier given twice: positionally and with --classifier")
+    chunk_len = args.chunk_len or args.legacy_len or 500
+    if chunk_len not in CHUNK_LENGTHS:
+        raise InputError(f"chunk length must be 300 or 500, got {chunk_len}")
+    return RunConfig(
+        input=args.input,
+        chunk_len=chunk_len,
+        out_dir=args.output_dir,
+        models=ModelPaths(esm=args.esm_model, dnabert=args.dnabert_model,
+                          classifier=args.classifier or args.legacy_classifier),
+        devices=args.devices,
+        precision=args.precision,
+        reference=args.reference,
+        demo=args.demo,
+        keep_intermediate=args.keep_intermediate,
+        batch_tokens=args.batch_tokens,
+        quiet=args.quiet,
+    )
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from virnucpro import pipeline
+    from virnucpro.monitor import Monitor, ProgressSubscriber, log_subscriber
+
+    config = config_from_args(args)
+    monitor = Monitor()
+    monitor.subscribe(log_subscriber)
+    if not args.quiet and sys.stderr.isatty():
+        monitor.subscribe(ProgressSubscriber())
+    outcome = pipeline.run(config, monitor, restart=args.restart)
+    resumed = f", {outcome.resumed_shards} shard(s) from an earlier run" if outcome.resumed_shards else ""
+    log.info(f"{outcome.frames:,} frames classified in {outcome.seconds:.1f} s on {outcome.device} "
+             f"({outcome.dtype}){resumed}; results in {outcome.result_dir}/")
+    if outcome.demo_models:
+        log.warning("DEMO MODE results: random models, not biologically meaningful")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.models_command == "info":
+        from virnucpro.models.load import model_locations
+
+        for loc in model_locations(args.chunk_len):
+            state = "present" if loc.present else f"MISSING (get it: {loc.how_to_get})"
+            print(f"{loc.name:<20} {state}\n{'':<20} {loc.path}")
+        return 0
+    from virnucpro.downloads import download
+
+    download(args.only, log.info)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from virnucpro.monitor import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging(quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False))
+    try:
+        if args.command == "predict":
+            return _predict(args)
+        return _models(args)
+    except VirnucproError as exc:
+        print(f"virnucpro: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("virnucpro: interrupted; finished shards are kept, rerun to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random models saved in the REAL file formats, and a GPU marker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from classifier_factory import save_released_classifier
+from dnabert_factory import make_dnabert_folder, real_tokenizer_path
+from esm_factory import make_fair_esm_model, save_fair_esm_checkpoint
+
+TINY_DIM = 64  # both encoders: the classifier then takes 2 * 64 features
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    esm: Path  # fair-esm style .pt
+    dnabert: Path  # HF folder: config.json + pytorch_model.bin + tokenizer.json
+    classifier: Path  # whole pickled __main__.MLPClassifier
+    classifier_state: dict  # its state dict, as the training script recorded it
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    root = tmp_path_factory.mktemp("tiny_models")
+    esm_path = save_fair_esm_checkpoint(make_fair_esm_model(2, TINY_DIM, 4, seed=1), root / "esm.pt")
+    tokenizer = "real" if real_tokenizer_path() is not None else "demo"
+    dnabert = make_dnabert_folder(root / "dnabert", hidden=TINY_DIM, layers=2, heads=4,
+                                  intermediate=128, seed=2, tokenizer=tokenizer)
+    classifier, recorded = save_released_classifier(root / "clf", input_dim=2 * TINY_DIM,
+                                                    hidden_dim=16, seed=3)
+    return TinyModels(esm_path, dnabert, classifier, recorded["state_dict"])
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
