@@ -56,13 +56,35 @@ class FramePredictor:
         # The classifier is tiny; fp32 keeps its scores comparable to the original's.
         self.classifier = bundle.classifier.to(device=device, dtype=torch.float32).eval()
 
-    @torch.inference_mode()
-    def predict(self, frames: Sequence[Frame], keep_embeddings: bool = False) -> FramePredictions:
+    def prepare(self, frames: Sequence[Frame]) -> PreparedShard:
+        """Host-side work for a shard (tokenize, plan batches, pin memory). Thread-safe and
+        free of device work, so a worker can prepare the next shard while this one runs."""
         if not frames:
+            return PreparedShard(0, [], [])
+        dna_ids, dna_lengths = self.tokenizer.encode_batch([f.nt for f in frames])
+        tokens, lengths = encode_proteins([f.aa for f in frames])
+        if self.reference:
+            dna_plan = one_by_one(len(frames))
+            # fair-esm counts residues + 1 against its 2048-token budget
+            esm_plan = reference_batches(lengths.numpy() - 2, REFERENCE_ESM_TOKENS_PER_BATCH, 1)
+        else:
+            dna_plan = budget_batches(dna_lengths.numpy(), self.batch_tokens)
+            esm_plan = budget_batches(lengths.numpy(), self.batch_tokens)
+        pin = self.device.type == "cuda"
+        return PreparedShard(
+            count=len(frames),
+            dna=_cut_batches(dna_ids, dna_lengths, dna_plan, pin),
+            protein=_cut_batches(tokens, lengths, esm_plan, pin),
+        )
+
+    @torch.inference_mode()
+    def run(self, prepared: PreparedShard, keep_embeddings: bool = False) -> FramePredictions:
+        """Device-side work: both encoders, concatenation, classifier; one copy back."""
+        if prepared.count == 0:
             empty = np.zeros(0, dtype=np.float32)
             return FramePredictions(empty, empty.copy(), np.zeros(0, dtype=bool))
-        dna = self._embed_dna([f.nt for f in frames])
-        protein = self._embed_protein([f.aa for f in frames])
+        dna = self._pool_in_batches(self.dnabert.pooled, prepared.dna, prepared.count)
+        protein = self._pool_in_batches(self.esm.pooled, prepared.protein, prepared.count)
         features = torch.cat([dna, protein], dim=1)  # [N, D_dna + D_esm]
         probs = class_probabilities(self.classifier, features).float().cpu().numpy()
         score1 = np.ascontiguousarray(probs[:, 0], dtype=np.float32)
@@ -75,37 +97,46 @@ class FramePredictor:
             protein_embeddings=protein.cpu().numpy() if keep_embeddings else None,
         )
 
-    def _embed_dna(self, seqs: list[str]) -> torch.Tensor:
-        ids, lengths = self.tokenizer.encode_batch(seqs)
-        if self.reference:
-            batches = one_by_one(len(seqs))
-        else:
-            batches = budget_batches(lengths.numpy(), self.batch_tokens)
-        return self._pool_in_batches(self.dnabert.pooled, ids, lengths, batches)
+    def predict(self, frames: Sequence[Frame], keep_embeddings: bool = False) -> FramePredictions:
+        return self.run(self.prepare(frames), keep_embeddings)
 
-    def _embed_protein(self, proteins: list[str]) -> torch.Tensor:
-        tokens, lengths = encode_proteins(proteins)
-        if self.reference:
-            # fair-esm counts residues + 1 against its 2048-token budget
-            residues = lengths.numpy() - 2
-            batches = reference_batches(residues, REFERENCE_ESM_TOKENS_PER_BATCH, extra_toks=1)
-        else:
-            batches = budget_batches(lengths.numpy(), self.batch_tokens)
-        return self._pool_in_batches(self.esm.pooled, tokens, lengths, batches)
-
-    def _pool_in_batches(
-        self, pool: PoolFn, ids: torch.Tensor, lengths: torch.Tensor, batches: list[np.ndarray]
-    ) -> torch.Tensor:
-        """Run `pool` over index batches and scatter the rows back into input order."""
+    def _pool_in_batches(self, pool: PoolFn, batches: list[TokenBatch], count: int) -> torch.Tensor:
+        """Run `pool` over the batches and scatter the rows back into input order."""
         out: torch.Tensor | None = None
-        for index in batches:
-            rows = torch.from_numpy(index)
-            batch_lengths = lengths[rows]
-            width = int(batch_lengths.max())
-            batch_ids = ids[rows, :width].to(self.device, non_blocking=True)
-            pooled = pool(batch_ids, batch_lengths.to(self.device, non_blocking=True)).float()
+        for batch in batches:
+            ids = batch.ids.to(self.device, non_blocking=True)
+            lengths = batch.lengths.to(self.device, non_blocking=True)
+            pooled = pool(ids, lengths).float()
             if out is None:
-                out = torch.empty(len(ids), pooled.shape[1], dtype=torch.float32, device=self.device)
-            out[rows.to(self.device)] = pooled
+                out = torch.empty(count, pooled.shape[1], dtype=torch.float32, device=self.device)
+            out[batch.rows.to(self.device, non_blocking=True)] = pooled
         assert out is not None
         return out
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    rows: torch.Tensor  # [B] positions of these sequences in the shard
+    ids: torch.Tensor  # [B, T] right-padded token ids, T = longest in this batch
+    lengths: torch.Tensor  # [B] real tokens per row, specials included
+
+
+@dataclass(frozen=True)
+class PreparedShard:
+    count: int
+    dna: list[TokenBatch]
+    protein: list[TokenBatch]
+
+
+def _cut_batches(
+    ids: torch.Tensor, lengths: torch.Tensor, plan: list[np.ndarray], pin: bool
+) -> list[TokenBatch]:
+    batches = []
+    for index in plan:
+        rows = torch.from_numpy(index)
+        batch_lengths = lengths[rows]
+        batch_ids = ids[rows, : int(batch_lengths.max())]
+        if pin:  # page-locked host memory lets the copy to the GPU run asynchronously
+            rows, batch_ids, batch_lengths = rows.pin_memory(), batch_ids.pin_memory(), batch_lengths.pin_memory()
+        batches.append(TokenBatch(rows, batch_ids, batch_lengths))
+    return batches
