@@ -60,3 +60,17 @@ def test_plan_shards_keeps_order_and_budget():
 
 def test_plan_shards_empty():
     assert list(plan_shards([], cost=len, budget=5)) == []
+
+
+def test_packed_batches_budget_counts_real_tokens():
+    from virnucpro.engine.batching import packed_batches
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(30, 170, size=2000)
+    batches = packed_batches(lengths, 8192)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(2000))
+    sizes = [int(lengths[b].sum()) for b in batches]
+    assert all(s <= 8192 for s in sizes)
+    assert all(s > 8192 - 170 for s in sizes[:-1])  # full up to one sequence
+    assert [b.tolist() for b in packed_batches(np.array([9000, 5]), 100)] == [[0], [1]]
+    assert packed_batches(np.array([], dtype=np.int64), 10) == []

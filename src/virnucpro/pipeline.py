@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from virnucpro.config import RunConfig
-from virnucpro.engine.devices import default_batch_tokens, resolve_devices, resolve_dtype
+from virnucpro.engine.devices import resolve_devices, resolve_dtype
 from virnucpro.engine.sharding import Shard, plan_shards
 from virnucpro.errors import InputError, OutputError
 from virnucpro.intermediates import IntermediateFiles
@@ -116,7 +116,7 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False) -> RunOut
         store = ShardStore(result_dir, fingerprint, restart=restart)
         predictor = FramePredictor(
             bundle, device, dtype, reference=config.reference,
-            batch_tokens=config.batch_tokens or default_batch_tokens(device),
+            batch_tokens=config.batch_tokens,
         )
         monitor.info(f"predicting on {device} in {str(dtype).removeprefix('torch.')}"
                      + (" (reference path)" if config.reference else ""))

@@ -57,3 +57,24 @@ def budget_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
 def one_by_one(count: int) -> list[np.ndarray]:
     """The original DNABERT-S loop: one sequence per forward call."""
     return [np.asarray([i], dtype=np.int64) for i in range(count)]
+
+
+def packed_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Length-sorted batches for packed (padding-free) kernels: the budget counts real tokens.
+
+    Longest first, as budget_batches; a batch closes when the next sequence would push its
+    total past max_tokens. Every batch is then nearly the same size, so the device sees the
+    same amount of work per call whatever the length mix.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start, total = 0, 0
+    for position, i in enumerate(order):
+        if position > start and total + lengths[i] > max_tokens:
+            batches.append(order[start:position])
+            start, total = position, 0
+        total += int(lengths[i])
+    if start < lengths.size:
+        batches.append(order[start:])
+    return batches

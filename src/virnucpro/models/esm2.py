@@ -13,6 +13,8 @@ The module does no I/O: `esm2_loader.load_esm2` builds it from a checkpoint.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,6 +78,91 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
 
 
+@dataclass(frozen=True)
+class PackedBatch:
+    """Several proteins concatenated without padding (the fast path's layout).
+
+    tokens:     [N] token ids of all proteins back to back, each [<cls>, residues, <eos>]
+    cu_seqlens: [B+1] int32 start offsets (cumulative lengths), as flash attention wants them
+    positions:  [N] position of each token within its own protein (0 = <cls>): rotary angles
+    seq_index:  [N] which protein each token belongs to
+    pool_index: [B, P] token indices of the residues to average (positions 1..min(L, 1024)),
+                padded with N, which points at an appended zero row
+    pool_count: [B] number of real entries in each pool_index row
+    max_len:    longest protein in tokens (a host int: kernels need it without a device sync)
+    cu_seqlens_host: the same offsets on the host, for the CPU fallback
+    """
+
+    tokens: torch.Tensor
+    cu_seqlens: torch.Tensor
+    positions: torch.Tensor
+    seq_index: torch.Tensor
+    pool_index: torch.Tensor
+    pool_count: torch.Tensor
+    max_len: int
+    cu_seqlens_host: tuple[int, ...]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "PackedBatch":
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return PackedBatch(move(self.tokens), move(self.cu_seqlens), move(self.positions),
+                           move(self.seq_index), move(self.pool_index), move(self.pool_count),
+                           self.max_len, self.cu_seqlens_host)
+
+    def pin_memory(self) -> "PackedBatch":
+        return PackedBatch(self.tokens.pin_memory(), self.cu_seqlens.pin_memory(),
+                           self.positions.pin_memory(), self.seq_index.pin_memory(),
+                           self.pool_index.pin_memory(), self.pool_count.pin_memory(),
+                           self.max_len, self.cu_seqlens_host)
+
+
+def pack_proteins(tokens: torch.Tensor, lengths: torch.Tensor) -> PackedBatch:
+    """Right-padded [B, T] tokens -> a PackedBatch (host-side, numpy-speed)."""
+    import numpy as np
+
+    lens = lengths.numpy().astype(np.int64)
+    width = tokens.shape[1]
+    keep = np.arange(width)[None, :] < lens[:, None]  # [B, T]
+    flat = tokens.numpy()[keep]  # [N], row-major keeps proteins back to back
+    cu = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=cu[1:])
+    seq_index = np.repeat(np.arange(len(lens)), lens)  # [N]
+    positions = np.arange(cu[-1]) - cu[:-1][seq_index]  # [N]
+    pooled = np.minimum(lens - 2, MAX_POOLED_RESIDUES)  # [B] residues averaged per protein
+    width_p = max(int(pooled.max()), 1)
+    p = np.arange(width_p)[None, :]
+    pool_index = np.where(p < pooled[:, None], cu[:-1, None] + 1 + p, cu[-1])  # [B, P]
+    return PackedBatch(
+        tokens=torch.from_numpy(flat.astype(np.int64)),
+        cu_seqlens=torch.from_numpy(cu.astype(np.int32)),
+        positions=torch.from_numpy(positions),
+        seq_index=torch.from_numpy(seq_index),
+        pool_index=torch.from_numpy(pool_index),
+        pool_count=torch.from_numpy(pooled),
+        max_len=int(lens.max()),
+        cu_seqlens_host=tuple(int(c) for c in cu),
+    )
+
+
+def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Attention within each packed protein; q, k, v [N, H, hd], q already scaled.
+
+    On CUDA in bf16/fp16 this is PyTorch's flash varlen kernel (no padding, no mask). Elsewhere
+    (CPU, fp32) each protein goes through SDPA on its own: the same function, for tests and
+    small runs.
+    """
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        from torch.nn.attention.varlen import varlen_attn
+
+        return varlen_attn(q, k, v, batch.cu_seqlens, batch.cu_seqlens, batch.max_len,
+                           batch.max_len, scale=1.0)
+    out = torch.empty_like(q)
+    bounds = batch.cu_seqlens_host
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        seg = [t[start:end].transpose(0, 1) for t in (q, k, v)]  # each [H, L, hd]
+        out[start:end] = F.scaled_dot_product_attention(*seg, scale=1.0).transpose(0, 1)
+    return out
+
+
 class SelfAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -102,6 +189,19 @@ class SelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, seq_len, embed_dim)  # [B, T, D]
         return self.out_proj(out)
 
+    def forward_packed(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """x [N, D] packed tokens. Rotary angles per layer: each layer has its own inv_freq."""
+        tokens, embed_dim = x.shape
+        cos, sin = self.rotary.cos_sin(batch.max_len, x.device)  # each [T, hd]
+        cos, sin = cos[batch.positions], sin[batch.positions]  # each [N, hd]
+        qkv = self.qkv_proj(x).view(tokens, 3, self.num_heads, self.head_dim)  # [N, 3, H, hd]
+        q, k, v = qkv.unbind(1)  # each [N, H, hd]
+        q = q * self.scaling
+        q = _apply_rotary(q, cos[:, None, :], sin[:, None, :])
+        k = _apply_rotary(k, cos[:, None, :], sin[:, None, :])
+        out = _varlen_attention(q, k, v, batch)  # [N, H, hd]
+        return self.out_proj(out.reshape(tokens, embed_dim))  # [N, D]
+
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
     ) -> torch.Tensor:
@@ -123,8 +223,15 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.self_attn(self.self_attn_layer_norm(x), key_mask)
+        return x + self._feed_forward(x)
+
+    def forward_packed(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        x = x + self.self_attn.forward_packed(self.self_attn_layer_norm(x), batch)
+        return x + self._feed_forward(x)
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         # approximate="none": the exact erf GELU the model was trained with.
-        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)), approximate="none"))
+        return self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)), approximate="none"))
 
 
 class ESM2(nn.Module):
@@ -192,3 +299,26 @@ class ESM2(nn.Module):
         # An elementwise sum, not a matmul: a matmul could silently run in TF32 on GPU.
         summed = (hidden * keep.unsqueeze(-1)).sum(dim=1)  # [B, D]
         return summed / residues.to(torch.float32).unsqueeze(-1)
+
+    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+        """Last-layer representation of packed proteins, [N, D] (no padding anywhere)."""
+        tokens = batch.tokens  # [N]
+        x = self.embed_tokens(tokens)  # [N, D]
+        if self.token_dropout:
+            is_mask = tokens.eq(MASK)  # [N]
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).to(torch.float32)  # [B]
+            masks = torch.zeros_like(lengths).index_add_(0, batch.seq_index, is_mask.float())
+            observed = (masks / lengths)[batch.seq_index]  # [N]
+            x = x * (1 - _TRAIN_MASK_RATIO) / (1 - observed).to(x.dtype)[:, None]
+        for layer in self.layers:
+            x = layer.forward_packed(x, batch)
+        return self.emb_layer_norm_after(x)
+
+    def pooled_packed(self, batch: PackedBatch) -> torch.Tensor:
+        """Mean of residues 1..min(L, 1024) per protein, fp32 [B, D]; same as `pooled`."""
+        hidden = self.forward_packed(batch).float()  # [N, D]
+        padded = torch.cat([hidden, hidden.new_zeros(1, hidden.shape[1])])  # [N+1, D]: row N = 0
+        # A gather and an ordered sum: deterministic, unlike atomics-based scatter-adds.
+        summed = padded[batch.pool_index].sum(dim=1)  # [B, P, D] -> [B, D]
+        return summed / batch.pool_count.to(torch.float32).unsqueeze(-1)

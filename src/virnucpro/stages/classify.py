@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from virnucpro.config import REFERENCE_ESM_TOKENS_PER_BATCH
-from virnucpro.engine.batching import budget_batches, one_by_one, reference_batches
+from virnucpro.engine.devices import batch_tokens_for
+from virnucpro.engine.batching import budget_batches, one_by_one, packed_batches, reference_batches
 from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.classifier import class_probabilities
+from virnucpro.models.esm2 import PackedBatch, pack_proteins
 from virnucpro.models.protein_alphabet import encode_proteins
 from virnucpro.stages.types import Frame
 
@@ -33,8 +35,8 @@ class FramePredictions:
     protein_embeddings: np.ndarray | None = None
 
 
-# (token ids [B, T], lengths [B]) -> pooled embeddings [B, D] in fp32
-PoolFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# a batch's device-side input -> pooled embeddings [B, D] in fp32
+PoolFn = Callable[["TokenBatch | PackedBatch"], torch.Tensor]
 
 
 class FramePredictor:
@@ -45,37 +47,48 @@ class FramePredictor:
         dtype: torch.dtype,
         *,
         reference: bool,
-        batch_tokens: int,
+        batch_tokens: int | None = None,
+        compile: bool = False,
     ) -> None:
         self.device = device
         self.reference = reference
-        self.batch_tokens = batch_tokens
+        # Packed (padding-free) ESM-2 batches through flash varlen attention, where that
+        # kernel exists: CUDA in bf16/fp16. Elsewhere length-sorted padded batches.
+        self.packed = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and not reference
+        self.oom_splits = 0  # batches halved after running out of device memory
         self.tokenizer = bundle.tokenizer
         self.esm = bundle.esm.to(device=device, dtype=dtype).eval()
         self.dnabert = bundle.dnabert.to(device=device, dtype=dtype).eval()
         # The classifier is tiny; fp32 keeps its scores comparable to the original's.
         self.classifier = bundle.classifier.to(device=device, dtype=torch.float32).eval()
+        # Sized after the models are resident, from the memory they leave free.
+        self.batch_tokens = batch_tokens or batch_tokens_for(device, self.esm.embed_dim)
+        if compile and self.packed:
+            compile_packed_layers(self.esm)
 
     def prepare(self, frames: Sequence[Frame]) -> PreparedShard:
         """Host-side work for a shard (tokenize, plan batches, pin memory). Thread-safe and
         free of device work, so a worker can prepare the next shard while this one runs."""
         if not frames:
-            return PreparedShard(0, [], [])
+            return PreparedShard(0, None, None)
         dna_ids, dna_lengths = self.tokenizer.encode_batch([f.nt for f in frames])
         tokens, lengths = encode_proteins([f.aa for f in frames])
         if self.reference:
             dna_plan = one_by_one(len(frames))
             # fair-esm counts residues + 1 against its 2048-token budget
             esm_plan = reference_batches(lengths.numpy() - 2, REFERENCE_ESM_TOKENS_PER_BATCH, 1)
+        elif self.packed:
+            dna_plan = budget_batches(dna_lengths.numpy(), self.batch_tokens)
+            esm_plan = packed_batches(lengths.numpy(), self.batch_tokens)
         else:
             dna_plan = budget_batches(dna_lengths.numpy(), self.batch_tokens)
             esm_plan = budget_batches(lengths.numpy(), self.batch_tokens)
         pin = self.device.type == "cuda"
-        return PreparedShard(
-            count=len(frames),
-            dna=_cut_batches(dna_ids, dna_lengths, dna_plan, pin),
-            protein=_cut_batches(tokens, lengths, esm_plan, pin),
-        )
+        dna = EncoderInput(dna_ids, dna_lengths, packed=False, pin=pin)
+        protein = EncoderInput(tokens, lengths, packed=self.packed, pin=pin)
+        dna.plan(dna_plan)
+        protein.plan(esm_plan)
+        return PreparedShard(len(frames), dna, protein)
 
     @torch.inference_mode()
     def run(self, prepared: PreparedShard, keep_embeddings: bool = False) -> FramePredictions:
@@ -83,8 +96,8 @@ class FramePredictor:
         if prepared.count == 0:
             empty = np.zeros(0, dtype=np.float32)
             return FramePredictions(empty, empty.copy(), np.zeros(0, dtype=bool))
-        dna = self._pool_in_batches(self.dnabert.pooled, prepared.dna, prepared.count)
-        protein = self._pool_in_batches(self.esm.pooled, prepared.protein, prepared.count)
+        dna = self._pool_all(self._pool_dna, prepared.dna, prepared.count)
+        protein = self._pool_all(self._pool_protein, prepared.protein, prepared.count)
         features = torch.cat([dna, protein], dim=1)  # [N, D_dna + D_esm]
         probs = class_probabilities(self.classifier, features).float().cpu().numpy()
         score1 = np.ascontiguousarray(probs[:, 0], dtype=np.float32)
@@ -100,43 +113,84 @@ class FramePredictor:
     def predict(self, frames: Sequence[Frame], keep_embeddings: bool = False) -> FramePredictions:
         return self.run(self.prepare(frames), keep_embeddings)
 
-    def _pool_in_batches(self, pool: PoolFn, batches: list[TokenBatch], count: int) -> torch.Tensor:
-        """Run `pool` over the batches and scatter the rows back into input order."""
+    def _pool_dna(self, batch: "TokenBatch | PackedBatch") -> torch.Tensor:
+        assert isinstance(batch, TokenBatch)
+        ids = batch.ids.to(self.device, non_blocking=True)
+        return self.dnabert.pooled(ids, batch.lengths.to(self.device, non_blocking=True))
+
+    def _pool_protein(self, batch: "TokenBatch | PackedBatch") -> torch.Tensor:
+        if isinstance(batch, PackedBatch):
+            return self.esm.pooled_packed(batch.to(self.device, non_blocking=True))
+        ids = batch.ids.to(self.device, non_blocking=True)
+        return self.esm.pooled(ids, batch.lengths.to(self.device, non_blocking=True))
+
+    def _pool_all(self, pool: PoolFn, encoder: EncoderInput, count: int) -> torch.Tensor:
+        """Run `pool` over the planned batches; scatter rows back into input order."""
         out: torch.Tensor | None = None
-        for batch in batches:
-            ids = batch.ids.to(self.device, non_blocking=True)
-            lengths = batch.lengths.to(self.device, non_blocking=True)
-            pooled = pool(ids, lengths).float()
+        pending = list(encoder.batches)
+        while pending:
+            rows, batch = pending.pop(0)
+            try:
+                pooled = pool(batch).float()
+            except torch.OutOfMemoryError:
+                if len(rows) == 1:
+                    raise
+                # Too big for the memory left: halve it and retry; no frame is lost.
+                torch.cuda.empty_cache() if self.device.type == "cuda" else None
+                half = len(rows) // 2
+                pending[:0] = [encoder.cut(rows[:half]), encoder.cut(rows[half:])]
+                self.oom_splits += 1
+                continue
             if out is None:
                 out = torch.empty(count, pooled.shape[1], dtype=torch.float32, device=self.device)
-            out[batch.rows.to(self.device, non_blocking=True)] = pooled
+            out[torch.from_numpy(rows).to(self.device, non_blocking=True)] = pooled
         assert out is not None
         return out
 
 
+def compile_packed_layers(esm: torch.nn.Module) -> None:
+    """torch.compile each ESM-2 layer's packed forward (fuses LayerNorm, rotary, GELU and
+    residual adds around the GEMMs). Token counts vary per batch: dynamic shapes, so one
+    compilation serves every batch; the layers share code, so they share the compiled graph."""
+    for layer in esm.layers:
+        layer.forward_packed = torch.compile(layer.forward_packed, dynamic=True)
+
+
 @dataclass(frozen=True)
 class TokenBatch:
-    rows: torch.Tensor  # [B] positions of these sequences in the shard
     ids: torch.Tensor  # [B, T] right-padded token ids, T = longest in this batch
     lengths: torch.Tensor  # [B] real tokens per row, specials included
+
+
+class EncoderInput:
+    """One encoder's tokens for a shard and its batches, as (rows, device-ready input).
+
+    Keeps the shard's tokens so a batch can be cut again, smaller, after an out-of-memory.
+    """
+
+    def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, *, packed: bool, pin: bool) -> None:
+        self.ids, self.lengths, self.packed, self.pin = ids, lengths, packed, pin
+        self.batches: list[tuple[np.ndarray, TokenBatch | PackedBatch]] = []
+
+    def plan(self, plan: list[np.ndarray]) -> None:
+        self.batches = [self.cut(rows) for rows in plan]
+
+    def cut(self, rows: np.ndarray) -> tuple[np.ndarray, TokenBatch | PackedBatch]:
+        index = torch.from_numpy(rows)
+        lengths = self.lengths[index]
+        ids = self.ids[index, : int(lengths.max())]
+        batch: TokenBatch | PackedBatch
+        if self.packed:
+            batch = pack_proteins(ids, lengths)
+            # page-locked host memory lets the copy to the GPU run asynchronously
+            batch = batch.pin_memory() if self.pin else batch
+        else:
+            batch = TokenBatch(ids.pin_memory(), lengths.pin_memory()) if self.pin else TokenBatch(ids, lengths)
+        return rows, batch
 
 
 @dataclass(frozen=True)
 class PreparedShard:
     count: int
-    dna: list[TokenBatch]
-    protein: list[TokenBatch]
-
-
-def _cut_batches(
-    ids: torch.Tensor, lengths: torch.Tensor, plan: list[np.ndarray], pin: bool
-) -> list[TokenBatch]:
-    batches = []
-    for index in plan:
-        rows = torch.from_numpy(index)
-        batch_lengths = lengths[rows]
-        batch_ids = ids[rows, : int(batch_lengths.max())]
-        if pin:  # page-locked host memory lets the copy to the GPU run asynchronously
-            rows, batch_ids, batch_lengths = rows.pin_memory(), batch_ids.pin_memory(), batch_lengths.pin_memory()
-        batches.append(TokenBatch(rows, batch_ids, batch_lengths))
-    return batches
+    dna: EncoderInput | None
+    protein: EncoderInput | None

@@ -1,0 +1,139 @@
+"""The fast path's building blocks against the plain one, in fp32 on the CPU:
+packing (padding-free batches) and out-of-memory splitting must not change any number
+beyond fp32 rounding. GPU kernels (flash varlen in bf16/fp16) are checked by the gpu-marked
+tests at the end, run on the device."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from esm_factory import make_fair_esm_model, save_fair_esm_checkpoint
+from virnucpro.models import demo
+from virnucpro.models.bundle import ModelBundle
+from virnucpro.models.esm2 import pack_proteins
+from virnucpro.models.esm2_loader import load_esm2
+from virnucpro.models.protein_alphabet import MASK, encode_proteins
+from virnucpro.stages.classify import FramePredictor
+from virnucpro.stages.types import Frame
+
+AMINO = "LAGVSERTIDPKQNFYMHWC"
+
+
+def relative_errors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).norm(dim=1) / b.norm(dim=1)
+
+
+def random_proteins(n: int, seed: int, longest: int = 300) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(AMINO) for _ in range(rng.randint(1, longest))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def esm(tmp_path_factory):
+    path = save_fair_esm_checkpoint(make_fair_esm_model(2, 64, 4, seed=5),
+                                    tmp_path_factory.mktemp("esm") / "esm.pt")
+    return load_esm2(path)
+
+
+def test_packed_equals_one_by_one(esm):
+    proteins = random_proteins(30, seed=1) + ["M" * 1100]  # one past the 1024-residue pooling cap
+    tokens, lengths = encode_proteins(proteins)
+    with torch.no_grad():
+        packed = esm.pooled_packed(pack_proteins(tokens, lengths))
+        single = torch.cat([esm.pooled(*encode_proteins([p])) for p in proteins])
+    # Same fp32 arithmetic per protein, only summation order inside kernels differs: ~1e-7.
+    assert relative_errors(packed, single).max() < 1e-5
+
+
+def test_packed_token_dropout_with_masks(esm):
+    proteins = random_proteins(6, seed=2, longest=80)
+    tokens, lengths = encode_proteins(proteins)
+    tokens[0, 3] = MASK
+    tokens[2, 1:4] = MASK
+    with torch.no_grad():
+        packed = esm.pooled_packed(pack_proteins(tokens, lengths))
+        padded = esm.pooled(tokens, lengths)
+    assert relative_errors(packed, padded).max() < 1e-5
+
+
+def test_pack_proteins_layout():
+    tokens, lengths = encode_proteins(["MK", "A", "WWWW"])
+    batch = pack_proteins(tokens, lengths)
+    assert batch.cu_seqlens.tolist() == [0, 4, 7, 13] and batch.max_len == 6
+    assert batch.positions.tolist() == [0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4, 5]
+    assert batch.pool_count.tolist() == [2, 1, 4]
+    assert batch.pool_index.tolist() == [[1, 2, 13, 13], [5, 13, 13, 13], [8, 9, 10, 11]]
+
+
+def demo_predictor(batch_tokens: int, reference: bool = False) -> FramePredictor:
+    tokenizer = demo.demo_tokenizer()
+    bundle = ModelBundle(demo.demo_esm(), demo.demo_dnabert(tokenizer.vocab_size), tokenizer,
+                         demo.demo_classifier(128))
+    return FramePredictor(bundle, torch.device("cpu"), torch.float32, reference=reference,
+                          batch_tokens=batch_tokens)
+
+
+def demo_frames(n: int, seed: int) -> list[Frame]:
+    rng = random.Random(seed)
+    frames = []
+    for i in range(n):
+        aa = "".join(rng.choice(AMINO) for _ in range(rng.randint(20, 170)))
+        nt = "".join(rng.choice("ACGT") for _ in range(3 * len(aa) + 1))
+        frames.append(Frame(f"f{i}", nt, aa))
+    return frames
+
+
+def test_batched_equals_reference_path():
+    frames = demo_frames(40, seed=3)
+    fast = demo_predictor(batch_tokens=1024).predict(frames, keep_embeddings=True)
+    ref = demo_predictor(batch_tokens=1024, reference=True).predict(frames, keep_embeddings=True)
+    for a, b in [(fast.dna_embeddings, ref.dna_embeddings), (fast.protein_embeddings, ref.protein_embeddings)]:
+        assert relative_errors(torch.from_numpy(a), torch.from_numpy(b)).max() < 1e-5
+    np.testing.assert_allclose(fast.score2, ref.score2, rtol=0, atol=1e-6)
+
+
+def test_out_of_memory_splits_the_batch_and_loses_nothing(monkeypatch):
+    frames = demo_frames(24, seed=4)
+    expected = demo_predictor(batch_tokens=100_000).predict(frames)
+    predictor = demo_predictor(batch_tokens=100_000)
+    real_pooled = predictor.esm.pooled
+
+    def pooled_that_runs_out(tokens, lengths, **kw):  # a device with room for 5 proteins
+        if tokens.shape[0] > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_pooled(tokens, lengths, **kw)
+
+    monkeypatch.setattr(predictor.esm, "pooled", pooled_that_runs_out)
+    got = predictor.predict(frames)
+    assert predictor.oom_splits >= 3
+    np.testing.assert_allclose(got.score2, expected.score2, rtol=0, atol=1e-6)
+
+
+def test_a_single_frame_that_does_not_fit_is_an_error(monkeypatch):
+    predictor = demo_predictor(batch_tokens=100_000)
+
+    def never_fits(tokens, lengths, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(predictor.esm, "pooled", never_fits)
+    with pytest.raises(torch.OutOfMemoryError):
+        predictor.predict(demo_frames(3, seed=5))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_packed_varlen_matches_padded(esm, dtype):
+    """Flash varlen (packed) vs SDPA on padded batches, same precision, on the GPU."""
+    model = esm.to("cuda", dtype)
+    proteins = random_proteins(64, seed=6)
+    tokens, lengths = encode_proteins(proteins)
+    with torch.no_grad():
+        packed = model.pooled_packed(pack_proteins(tokens, lengths).to(torch.device("cuda")))
+        padded = model.pooled(tokens.cuda(), lengths.cuda())
+    cos = torch.nn.functional.cosine_similarity(packed, padded, dim=1)
+    assert cos.min() > 0.999
+    model.to("cpu", torch.float32)
