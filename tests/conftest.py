@@ -42,3 +42,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def virnucpro_log(caplog):
+    """caplog for the 'virnucpro' logger, which stops propagating once the CLI configured it."""
+    import logging
+
+    logger = logging.getLogger("virnucpro")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # else caplog sees each record twice before the CLI ran
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)
+    logger.propagate = propagate

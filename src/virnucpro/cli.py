@@ -47,6 +47,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="discard results of an earlier interrupted run")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    p.add_argument("--log-file", type=Path, help="also write the log here (timestamps; not silenced by -q)")
+    p.add_argument("--monitor-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="GPU sampling, per-device throughput and stall checks every SECONDS (default 10)")
+    p.add_argument("--report-sequences", type=int, default=5, metavar="N",
+                   help="sequences drawn in report.html (default 5; 0: no report)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_predict(sub)
+    plot = sub.add_parser("plot", help="draw a finished run's report for named sequences",
+                          description="Write an HTML report (run, GPUs, throughput, scores) whose "
+                          "per-sequence plots show the named sequences.")
+    plot.add_argument("results", type=Path, help="result folder of a finished run")
+    plot.add_argument("--ids", nargs="+", required=True, metavar="ID", help="sequence ids to draw")
+    plot.add_argument("-o", "--output", type=Path, help="HTML file to write (default RESULTS/plot.html)")
     models = sub.add_parser("models", help="where models are looked for; download them")
     msub = models.add_subparsers(dest="models_command", required=True)
     info = msub.add_parser("info", help="show where each model is looked for and whether it is there")
@@ -91,19 +102,36 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _predict(args: argparse.Namespace) -> int:
     from virnucpro import pipeline
-    from virnucpro.monitor import Monitor, ProgressSubscriber, log_subscriber
+    from virnucpro.monitor import Monitor, log_subscriber
+    from virnucpro.monitoring import MonitorOptions, attach
 
     config = config_from_args(args)
+    if args.monitor_interval <= 0:
+        raise InputError(f"--monitor-interval must be positive, got {args.monitor_interval}")
     monitor = Monitor()
     monitor.subscribe(log_subscriber)
-    if not args.quiet and sys.stderr.isatty():
-        monitor.subscribe(ProgressSubscriber())
-    outcome = pipeline.run(config, monitor, restart=args.restart)
+    # a bar on a terminal; in a batch job's captured stderr, plain lines instead
+    progress = "off" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
+    session = attach(monitor, MonitorOptions(
+        interval=args.monitor_interval, progress=progress,
+        report_sequences=args.report_sequences if args.report_sequences > 0 else None))
+    try:
+        outcome = pipeline.run(config, monitor, restart=args.restart)
+    finally:
+        session.close()
     resumed = f", {outcome.resumed_shards} shard(s) from an earlier run" if outcome.resumed_shards else ""
     log.info(f"{outcome.frames:,} frames classified in {outcome.seconds:.1f} s on {outcome.device} "
              f"({outcome.dtype}){resumed}; results in {outcome.result_dir}/")
     if outcome.demo_models:
         log.warning("DEMO MODE results: random models, not biologically meaningful")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from virnucpro.monitoring.report import write_report
+
+    out = write_report(args.results, ids=args.ids, out=args.output or args.results / "plot.html")
+    log.info(f"report written to {out}")
     return 0
 
 
@@ -125,10 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     from virnucpro.monitor import configure_logging
 
     args = build_parser().parse_args(argv)
-    configure_logging(quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False))
+    try:
+        configure_logging(quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False),
+                          log_file=getattr(args, "log_file", None))
+    except OSError as exc:
+        print(f"virnucpro: error: cannot write the log file: {exc}", file=sys.stderr)
+        return InputError.exit_code
     try:
         if args.command == "predict":
             return _predict(args)
+        if args.command == "plot":
+            return _plot(args)
         return _models(args)
     except VirnucproError as exc:
         print(f"virnucpro: error: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ from virnucpro.models.load import file_identity, load_bundle
 from virnucpro.monitor import Monitor
 from virnucpro.stages.chunk import iter_chunks
 from virnucpro.stages.classify import FramePredictor
-from virnucpro.stages.read import find_duplicate_ids, read_records
+from virnucpro.stages.read import ReadPosition, find_duplicate_ids, read_records
 from virnucpro.stages.translate import select_frames
 from virnucpro.stages.types import Frame
 from virnucpro.stages.write import ResultWriter
@@ -73,12 +73,20 @@ def iter_frames(config: RunConfig, monitor: Monitor, files: IntermediateFiles) -
     def skipped(record_id: str) -> None:
         monitor.warn(f"{config.input}: record {record_id!r} is empty and was skipped")
 
-    chunks = iter_chunks(read_records(config.input), config.chunk_len, on_empty=skipped)
+    position = ReadPosition(config.input)
+    chunks = iter_chunks(read_records(config.input, position), config.chunk_len, on_empty=skipped)
+    frames_read, cpu_seconds, t0 = 0, 0.0, time.perf_counter()
     while block := list(itertools.islice(chunks, CHUNKS_PER_TRANSLATION_BLOCK)):
         files.add_chunks(block)
         frames = select_frames(block)
         files.add_frames(frames)
+        frames_read += len(frames)
+        cpu_seconds += time.perf_counter() - t0
+        # Bytes consumed give progress a fraction and an ETA without a pre-pass over the input.
+        monitor.emit("input_progress", bytes_read=position.bytes_read(), bytes_total=position.total,
+                     frames=frames_read, seconds=cpu_seconds)
         yield from frames
+        t0 = time.perf_counter()
 
 
 def prepare_result_dir(path: Path) -> bool:
@@ -96,13 +104,15 @@ def prepare_result_dir(path: Path) -> bool:
 
 def run(config: RunConfig, monitor: Monitor, *, restart: bool = False) -> RunOutcome:
     start = time.perf_counter()
-    check_input(config)
+    with monitor.stage("check input"):
+        check_input(config)
     devices = resolve_devices(config.devices)
     if len(devices) > 1:
         raise InputError("several devices in one run are not supported yet: pass one with --devices")
     device = devices[0]
     dtype = resolve_dtype(config.precision, device, config.reference)
-    bundle = load_bundle(config.models, config.chunk_len, config.demo)
+    with monitor.stage("load models"):
+        bundle = load_bundle(config.models, config.chunk_len, config.demo)
     if bundle.demo_models:
         monitor.warn(
             f"DEMO MODE: random stand-in models for {', '.join(bundle.demo_models)}; "
@@ -120,7 +130,9 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False) -> RunOut
         )
         monitor.info(f"predicting on {device} in {str(dtype).removeprefix('torch.')}"
                      + (" (reference path)" if config.reference else ""))
-        monitor.emit("run_started", input=str(config.input))
+        monitor.emit("run_started", input=str(config.input), result_dir=str(result_dir),
+                     devices=[str(device)], dtype=str(dtype).removeprefix("torch."),
+                     parameters=config.describe(), models=dict(bundle.identity))
         frames = shards = resumed = 0
         with IntermediateFiles(config) as files, ResultWriter(result_dir) as writer:
             for shard in plan_shards(iter_frames(config, monitor, files), frame_cost, config.shard_tokens):
@@ -152,6 +164,8 @@ def _shard_result(
     device: torch.device,
 ) -> tuple[ShardResult, bool]:
     ids = [f.id for f in shard.items]
+    monitor.emit("shard_started", index=shard.index, frames=len(ids), tokens=shard.cost,
+                 device=str(device))
     t0 = time.perf_counter()
     stored = store.load(shard.index, expected_ids=ids) if store.has(shard.index) else None
     if stored is None:

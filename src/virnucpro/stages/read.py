@@ -91,14 +91,42 @@ def _check_text(path: Path, stream: io.BufferedReader) -> None:
         raise InputError(f"{path}: binary file, not FASTA/FASTQ text")
 
 
+class ReadPosition:
+    """How far a running `read_records` has got through its file, in bytes of the file as
+    stored (compressed bytes for gzip), so progress can show a fraction and an ETA without a
+    pre-pass. Ask once per block of records, not per record: each ask is one lseek."""
+
+    def __init__(self, path: str | Path):
+        self.total = Path(path).stat().st_size
+        self._stream: io.BufferedReader | None = None
+        self._last = 0
+
+    def bytes_read(self) -> int:
+        if self._stream is not None:
+            try:
+                self._last = min(self._stream.tell(), self.total)
+            except (OSError, ValueError):  # closed or unseekable: keep the last answer
+                pass
+        return self._last
+
+    def _attach(self, stream: io.BufferedReader) -> None:
+        self._stream = stream
+
+    def _finish(self) -> None:
+        self._stream = None
+        self._last = self.total
+
+
 @contextmanager
-def _open_text(path: Path) -> Iterator[TextIO]:
+def _open_text(path: Path, position: ReadPosition | None = None) -> Iterator[TextIO]:
     """Yield the file as UTF-8 text with universal newlines (as Biopython reads it).
 
     Decoding and gzip errors raised while the caller reads are turned into InputErrors here,
     so every parser gets the same messages.
     """
     raw = _open_binary(path)
+    if position is not None:
+        position._attach(raw)
     try:
         stream = _decompressed(path, raw)
         _check_text(path, stream)
@@ -116,6 +144,8 @@ def _open_text(path: Path) -> Iterator[TextIO]:
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not a FASTA/FASTQ file") from None
     finally:
+        if position is not None:
+            position._finish()
         raw.close()
 
 
@@ -247,13 +277,14 @@ def _fastq_quality(lines: _FastqLines, seq_len: int) -> tuple[int, str | None]:
 # --------------------------------------------------------------------------- public API
 
 
-def read_records(path: str | Path) -> Iterator[Record]:
+def read_records(path: str | Path, position: ReadPosition | None = None) -> Iterator[Record]:
     """Yield the records of a FASTA or FASTQ file (plain or gzip), in file order.
 
     Memory stays flat: one record is held at a time. Empty records are yielded (seq '').
+    `position`, when given, follows how many bytes of the file have been consumed.
     """
     path = Path(path)
-    with _open_text(path) as text:
+    with _open_text(path, position) as text:
         first, first_number = _first_content_line(path, text)
         if first is None:
             return

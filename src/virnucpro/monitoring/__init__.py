@@ -1,0 +1,64 @@
+"""Subscribers that watch a run: progress, GPU sampling, per-device throughput, stall and
+imbalance warnings, the run summary and report. `attach` wires them to a Monitor."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from virnucpro.monitor import Event, Monitor
+from virnucpro.monitoring.gpu import GpuMetricsFile, GpuMonitor, gpu_log_line
+from virnucpro.monitoring.heartbeat import Heartbeat
+from virnucpro.monitoring.progress import PlainProgress, RichProgress
+from virnucpro.monitoring.summary import RunRecorder
+from virnucpro.monitoring.workers import Thresholds, WorkerWatch
+
+log = logging.getLogger("virnucpro")
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    interval: float = 10.0  # seconds between GPU samples, throughput lines and stall checks
+    progress: str = "lines"  # "bar" (a terminal), "lines" (a batch job's log) or "off"
+    progress_interval: float = 60.0  # seconds between plain progress lines
+    report_sequences: int | None = 5  # sequences drawn in report.html; None: no report
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    nvml: object = None  # an NVML module stand-in (tests); None: import pynvml
+
+
+class Session:
+    """The attached subscribers; `close()` stops the background thread and NVML even when
+    the run failed before run_finished."""
+
+    def __init__(self, heartbeat: Heartbeat, closers: list):
+        self.heartbeat = heartbeat
+        self._closers = closers
+
+    def close(self) -> None:
+        self.heartbeat.stop()
+        for close in self._closers:
+            close()
+
+
+def gpu_log_subscriber(event: Event) -> None:
+    if event.kind == "gpu_sample":
+        for line in gpu_log_line(event):
+            log.info(line)
+
+
+def attach(monitor: Monitor, options: MonitorOptions = MonitorOptions()) -> Session:
+    heartbeat = Heartbeat(monitor, options.interval)
+    gpu = GpuMonitor(monitor, nvml=options.nvml)
+    metrics_file = GpuMetricsFile()
+    watch = WorkerWatch(monitor, options.thresholds)
+    closers = [gpu.close, metrics_file.close]
+    if options.progress == "bar":
+        bar = RichProgress()
+        monitor.subscribe(bar)
+        closers.insert(0, bar.stop)
+    elif options.progress == "lines":
+        monitor.subscribe(PlainProgress(options.progress_interval))
+    for subscriber in (gpu, metrics_file, gpu_log_subscriber, watch,
+                       RunRecorder(monitor, watch, report_sequences=options.report_sequences), heartbeat):
+        monitor.subscribe(subscriber)
+    return Session(heartbeat, closers)

@@ -1,0 +1,159 @@
+"""The end-of-run account: `run_summary.json` in the result folder and a few lines on stderr.
+
+Built only from events, so it describes what the run did, whichever engine ran it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+from virnucpro import __version__
+from virnucpro.monitor import Event, Monitor
+from virnucpro.monitoring.workers import WorkerWatch
+
+log = logging.getLogger("virnucpro")
+SUMMARY_NAME = "run_summary.json"
+SUMMARY_FORMAT = 1
+
+
+def model_entry(identity: str) -> dict:
+    """'path|sha256:...' or 'path|size:..|mtime_ns:..' (models.load.file_identity), a bare
+    folder hash, or 'demo' -> {identity, path, hash}."""
+    path, _, rest = identity.partition("|")
+    if not rest:
+        return {"identity": identity, "path": None, "hash": None if identity == "demo" else identity}
+    digest = rest.removeprefix("sha256:") if rest.startswith("sha256:") else None
+    return {"identity": identity, "path": path, "hash": digest}
+
+
+class GpuTotals:
+    """Mean busy %, mean power and peak memory per device, from gpu_sample events."""
+
+    def __init__(self) -> None:
+        self.busy: dict[str, list[float]] = {}
+        self.power: dict[str, list[float]] = {}
+        self.peak_mib: dict[str, float] = {}
+        self.total_mib: dict[str, float] = {}
+        self.names: dict[str, str] = {}
+
+    def add(self, event: Event) -> None:
+        for s in event.data["samples"]:
+            self.busy.setdefault(s.device, []).append(s.utilization)
+            if s.power_w is not None:
+                self.power.setdefault(s.device, []).append(s.power_w)
+            self.peak_mib[s.device] = max(self.peak_mib.get(s.device, 0.0), s.memory_used_mib)
+            self.total_mib[s.device] = s.memory_total_mib
+            self.names[s.device] = s.name
+
+    def as_dict(self) -> dict[str, dict]:
+        return {
+            device: {
+                "name": self.names[device], "samples": len(busy),
+                "mean_busy_percent": round(statistics.fmean(busy), 1),
+                "peak_memory_mib": round(self.peak_mib[device], 1),
+                "memory_total_mib": round(self.total_mib[device], 1),
+                "mean_power_w": round(statistics.fmean(self.power[device]), 1) if device in self.power else None,
+            }
+            for device, busy in sorted(self.busy.items())
+        }
+
+
+class RunRecorder:
+    """Subscriber: collects the run's facts; at run_finished writes run_summary.json, logs a
+    short human summary and (optionally) the HTML report."""
+
+    def __init__(self, monitor: Monitor, watch: WorkerWatch, *, report_sequences: int | None = 5):
+        self._monitor = monitor
+        self._watch = watch
+        self._report_sequences = report_sequences  # None: no report.html
+        self._started: dict = {}
+        self._start_time = 0.0
+        self.stages: dict[str, float] = {}
+        self.frames = self.tokens = 0
+        self.gpu = GpuTotals()
+        self.summary: dict | None = None
+
+    def __call__(self, event: Event) -> None:
+        d = event.data
+        if event.kind == "run_started":
+            self._started, self._start_time = dict(d), event.time
+        elif event.kind == "stage_done":
+            self.stages[d["name"]] = self.stages.get(d["name"], 0.0) + d["seconds"]
+        elif event.kind == "input_progress":
+            # CPU time of reading, chunking and translating; it overlaps the predict stage
+            self.stages["read, chunk, translate (within predict)"] = d["seconds"]
+        elif event.kind == "shard_done":
+            self.frames += d["frames"]
+            self.tokens += d["tokens"]
+        elif event.kind == "gpu_sample":
+            self.gpu.add(event)
+        elif event.kind == "run_finished":
+            self.stages["predict and write"] = event.time - self._start_time
+            self._finish(d)
+
+    def build(self, finished: dict) -> dict:
+        import torch
+
+        s = self._started
+        return {
+            "format": SUMMARY_FORMAT,
+            "versions": {"virnucpro": __version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+            "host": platform.node(),
+            "command": sys.argv[1:],
+            "input": s.get("input"),
+            "result_dir": s.get("result_dir"),
+            "parameters": s.get("parameters", {}),
+            "devices": s.get("devices", []),
+            "dtype": s.get("dtype"),
+            "models": {name: model_entry(ident) for name, ident in s.get("models", {}).items()},
+            "wall_seconds": round(finished.get("seconds", 0.0), 3),
+            "stage_seconds": {name: round(v, 3) for name, v in self.stages.items()},
+            "frames": self.frames,
+            "tokens": self.tokens,
+            "throughput_per_device": self._watch.summary(),
+            "gpu": self.gpu.as_dict(),
+            "warnings": list(self._monitor.warnings),
+        }
+
+    def _finish(self, finished: dict) -> None:
+        self.summary = self.build(finished)
+        result_dir = Path(self.summary["result_dir"])
+        write_json_atomic(result_dir / SUMMARY_NAME, self.summary)
+        for line in human_summary(self.summary):
+            log.info(line)
+        if self._report_sequences is not None:
+            from virnucpro.monitoring.report import write_report
+
+            try:
+                write_report(result_dir, first_sequences=self._report_sequences)
+            except (OSError, ValueError) as exc:  # the results are safe; only the report is lost
+                log.warning(f"report.html not written: {exc}")
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def human_summary(summary: dict) -> list[str]:
+    lines = [f"summary: {summary['frames']:,} frames, {summary['tokens']:,} tokens in "
+             f"{summary['wall_seconds']:.1f} s on {', '.join(summary['devices'])}"]
+    stages = ", ".join(f"{name} {sec:.1f} s" for name, sec in summary["stage_seconds"].items())
+    lines.append(f"summary: stages: {stages}")
+    for device, t in summary["throughput_per_device"].items():
+        gpu = summary["gpu"].get(device)
+        extra = (f", GPU busy {gpu['mean_busy_percent']:.0f}%, peak memory "
+                 f"{gpu['peak_memory_mib'] / 1024:.1f} GiB") if gpu else ""
+        lines.append(f"summary: {device}: {t['frames_per_s']:,.0f} frames/s, "
+                     f"{t['tokens_per_s']:,.0f} tokens/s{extra}")
+    if summary["warnings"]:
+        lines.append(f"summary: {len(summary['warnings'])} warning(s), listed in run_summary.json")
+    return lines

@@ -1,0 +1,158 @@
+"""Progress estimates, the reader's byte position, and GPU sampling through a fake NVML."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from virnucpro.monitor import Event, Monitor
+from virnucpro.monitoring.gpu import METRICS_NAME, GpuMetricsFile, GpuMonitor, nvml_indices
+from virnucpro.monitoring.progress import PlainProgress, ProgressState
+from virnucpro.stages.read import ReadPosition, read_records
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def shard_done(frames, tokens, resumed=False, device="cpu", index=0, seconds=1.0):
+    return Event("shard_done", dict(index=index, frames=frames, tokens=tokens, seconds=seconds,
+                                    device=device, resumed=resumed))
+
+
+def test_progress_total_from_bytes_rate_from_computed_frames_only():
+    clock = FakeClock()
+    state = ProgressState(clock)
+    state.update(Event("run_started"))
+    # a quarter of the file read has given 1,000 frames: ~4,000 expected in all
+    state.update(Event("input_progress", dict(bytes_read=250, bytes_total=1000, frames=1000, seconds=0.1)))
+    assert state.expected_frames() == 4000
+    state.update(shard_done(500, 50_000, resumed=True))  # from a checkpoint: no rate
+    clock.now += 10
+    state.update(shard_done(500, 50_000))
+    assert state.frames_done == 1000
+    assert state.rates() == pytest.approx((50.0, 5000.0))
+    assert state.eta_seconds() == pytest.approx(3000 / 50.0)
+    # reading finished: the total is exact, not an extrapolation
+    state.update(Event("input_progress", dict(bytes_read=1000, bytes_total=1000, frames=3100, seconds=0.3)))
+    assert state.expected_frames() == 3100
+
+
+def test_plain_progress_logs_at_its_interval(virnucpro_log):
+    clock = FakeClock()
+    plain = PlainProgress(interval=60, clock=clock)
+    plain(Event("run_started"))
+    plain(Event("input_progress", dict(bytes_read=50, bytes_total=100, frames=200, seconds=0.1)))
+    clock.now += 30
+    plain(shard_done(100, 1000))
+    assert not virnucpro_log.records  # too early
+    clock.now += 31
+    plain(Event("tick"))
+    lines = [r.getMessage() for r in virnucpro_log.records]
+    assert len(lines) == 1 and "100 / ~400 frames (25.0%)" in lines[0] and "ETA" in lines[0]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_position_follows_the_file(tmp_path, compress):
+    # random bases, so gzip cannot shrink the file below its read buffers
+    bases = np.frombuffer(b"ACGT", np.uint8)[np.random.default_rng(0).integers(0, 4, (3000, 1200))]
+    text = b"".join(b">r%d\n%s\n" % (i, row.tobytes()) for i, row in enumerate(bases))
+    path = tmp_path / ("in.fa.gz" if compress else "in.fa")
+    path.write_bytes(gzip.compress(text, compresslevel=1) if compress else text)
+    position = ReadPosition(path)
+    seen = []
+    for i, _ in enumerate(read_records(path, position)):
+        if i % 250 == 0:
+            seen.append(position.bytes_read())
+    assert seen == sorted(seen) and 0 < seen[1] < seen[-1] < position.total
+    assert position.bytes_read() == position.total == path.stat().st_size
+
+
+# --------------------------------------------------------------------------- NVML
+
+
+def fake_nvml(gpus: list[dict], fail_init: bool = False):
+    """A stand-in for the pynvml module: the calls GpuMonitor makes, over `gpus`."""
+    class NotSupported(Exception):
+        pass
+
+    def init():
+        if fail_init:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    def power(handle):
+        if gpus[handle]["power_mw"] is None:
+            raise NotSupported("power")
+        return gpus[handle]["power_mw"]
+
+    return SimpleNamespace(
+        nvmlInit=init, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: gpus[h]["name"].encode(),
+        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=gpus[h]["util"], memory=0),
+        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=gpus[h]["used"], total=80 << 30, free=0),
+        nvmlDeviceGetPowerUsage=power,
+    )
+
+
+GPUS = [dict(name="H200", util=97, used=40 << 30, power_mw=650_000),
+        dict(name="H200", util=55, used=20 << 30, power_mw=None),
+        dict(name="H200", util=0, used=0, power_mw=None)]  # not used by the run
+
+
+def run_sampling(tmp_path, nvml, devices=("cuda:0", "cuda:1"), ticks=2):
+    monitor = Monitor()
+    samples = []
+    monitor.subscribe(GpuMonitor(monitor, nvml=nvml, visible=None))
+    monitor.subscribe(GpuMetricsFile())
+    monitor.subscribe(lambda e: samples.append(e) if e.kind == "gpu_sample" else None)
+    monitor.emit("run_started", result_dir=str(tmp_path), devices=list(devices))
+    for _ in range(ticks):
+        monitor.emit("tick")
+    monitor.emit("run_finished", frames=0, seconds=1.0)
+    return monitor, samples
+
+
+def test_fake_nvml_samples_the_run_gpus_to_jsonl(tmp_path):
+    monitor, samples = run_sampling(tmp_path, fake_nvml(GPUS))
+    assert len(samples) == 3  # 2 ticks, and at the end
+    rows = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
+    assert len(rows) == 6 and {r["device"] for r in rows} == {"cuda:0", "cuda:1"}
+    first = {r["device"]: r for r in rows[:2]}
+    assert first["cuda:0"]["utilization"] == 97 and first["cuda:0"]["power_w"] == 650.0
+    assert first["cuda:0"]["memory_used_mib"] == 40 * 1024 and first["cuda:0"]["memory_total_mib"] == 80 * 1024
+    assert first["cuda:1"]["power_w"] is None  # not reported by the board: no crash, no number
+    assert monitor.warnings == []
+
+
+@pytest.mark.parametrize("how", ["init fails", "no module"])
+def test_without_nvml_there_are_quietly_no_metrics(tmp_path, monkeypatch, how):
+    if how == "no module":
+        monkeypatch.setitem(sys.modules, "pynvml", None)  # import raises ImportError
+        nvml = None
+    else:
+        nvml = fake_nvml(GPUS, fail_init=True)
+    monitor, samples = run_sampling(tmp_path, nvml)
+    assert samples == [] and not (tmp_path / METRICS_NAME).exists() and monitor.warnings == []
+
+
+def test_cpu_runs_open_no_gpu(tmp_path):
+    _, samples = run_sampling(tmp_path, fake_nvml(GPUS), devices=("cpu",))
+    assert samples == [] and not (tmp_path / METRICS_NAME).exists()
+
+
+def test_cuda_visible_devices_maps_to_nvml_indices():
+    assert nvml_indices(["cuda:0", "cuda:1"], None) == {"cuda:0": 0, "cuda:1": 1}
+    assert nvml_indices(["cuda:0", "cuda:1"], "3,1") == {"cuda:0": 3, "cuda:1": 1}
+    assert nvml_indices(["cuda:0"], "GPU-1234abcd") == {}  # UUIDs: not guessed
+    assert nvml_indices(["cpu"], None) == {}
