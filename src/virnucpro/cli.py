@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from virnucpro import __version__
@@ -14,6 +16,15 @@ from virnucpro.errors import InputError, VirnucproError
 
 log = logging.getLogger("virnucpro")
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so the run unwinds like Ctrl-C (store kept)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +45,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--esm-model", type=Path, help="ESM-2 3B checkpoint (.pt)")
     p.add_argument("--dnabert-model", type=Path, help="DNABERT-S folder (config.json, weights, tokenizer.json)")
     p.add_argument("-o", "--output-dir", type=Path, help="results folder (default {prefix}_merged)")
-    p.add_argument("--devices", default="auto", help="auto (all GPUs, else CPU), cpu, cuda:N (default auto)")
+    p.add_argument("--devices", default="auto",
+                   help="auto (every visible GPU, else the CPU), or a list: cuda:0,cuda:2 or cpu,cpu; "
+                   "one worker process per device (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 on GPUs, fp32 on CPUs (default auto)")
     p.add_argument("--batch-tokens", type=int, help="token budget per batch (default: by device)")
@@ -45,6 +58,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demo", action="store_true",
                    help="tiny random models for the models not given: runs offline, results meaningless")
     p.add_argument("--restart", action="store_true", help="discard results of an earlier interrupted run")
+    p.add_argument("--save-embeddings", action="store_true",
+                   help="also write per-frame DNABERT-S and ESM-2 embeddings to RESULTS/embeddings/ (.npy)")
+    p.add_argument("--shard-tokens", type=int, default=RunConfig.shard_tokens, metavar="N",
+                   help=f"protein tokens per checkpointed shard (default {RunConfig.shard_tokens:,})")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     p.add_argument("--log-file", type=Path, help="also write the log here (timestamps; not silenced by -q)")
@@ -95,6 +112,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         reference=args.reference,
         demo=args.demo,
         keep_intermediate=args.keep_intermediate,
+        save_embeddings=args.save_embeddings,
+        shard_tokens=args.shard_tokens,
         batch_tokens=args.batch_tokens,
         quiet=args.quiet,
     )
@@ -159,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"virnucpro: error: cannot write the log file: {exc}", file=sys.stderr)
         return InputError.exit_code
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if args.command == "predict":
             return _predict(args)
@@ -168,9 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     except VirnucproError as exc:
         print(f"virnucpro: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("virnucpro: interrupted; finished shards are kept, rerun to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"virnucpro: {what}; finished shards are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

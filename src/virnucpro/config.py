@@ -39,6 +39,7 @@ class RunConfig:
     reference: bool = False  # the original algorithm: fp32, one-by-one DNABERT-S, 2048-token ESM
     demo: bool = False  # tiny random models for whichever model is not given explicitly
     keep_intermediate: bool = False
+    save_embeddings: bool = False  # per-frame DNABERT-S and ESM-2 embeddings beside the results
     batch_tokens: int | None = None  # token budget per batch; None: sized from the device
     shard_tokens: int = 200_000  # protein tokens per shard (a few seconds of one GPU's work)
     quiet: bool = False

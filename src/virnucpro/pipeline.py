@@ -1,31 +1,39 @@
 """The whole run on one screen.
 
-  check input -> load models -> open store
-  records -> chunks -> frames (streamed; intermediates written on the way)
-  -> shards of ~equal cost -> each shard: from the store, or predicted and stored
-  -> result tables in input order -> store discarded
+  check input -> one worker per device loads the models -> open store
+  records -> chunks -> frames (streamed; intermediates written on the way;
+     embeddings from an original VirNucPro run attached where its files hold them)
+  -> shards of ~equal cost -> each shard: from the store, or run by a worker and stored
+  -> result tables in input order [-> embeddings/] -> store discarded
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from virnucpro.config import RunConfig
-from virnucpro.engine.devices import resolve_devices, resolve_dtype
+from virnucpro.embeddings_out import write_embeddings
+from virnucpro.engine.devices import resolve_devices
+from virnucpro.engine.scheduler import Engine, Job
 from virnucpro.engine.sharding import Shard, plan_shards
+from virnucpro.engine.worker import Task
 from virnucpro.errors import InputError, OutputError
 from virnucpro.intermediates import IntermediateFiles
-from virnucpro.models.load import file_identity, load_bundle
+from virnucpro.frame_task import KnownEmbeddings, ShardWork, make_frame_task
+from virnucpro.legacy import FrameWithKnown, attach_legacy, has_legacy_files
+from virnucpro.models.load import file_identity
 from virnucpro.monitor import Monitor
 from virnucpro.stages.chunk import iter_chunks
-from virnucpro.stages.classify import FramePredictor
 from virnucpro.stages.read import ReadPosition, find_duplicate_ids, read_records
 from virnucpro.stages.translate import select_frames
 from virnucpro.stages.types import Frame
@@ -102,82 +110,139 @@ def prepare_result_dir(path: Path) -> bool:
     return not existed
 
 
-def run(config: RunConfig, monitor: Monitor, *, restart: bool = False) -> RunOutcome:
+def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
+        task_factory: Callable[[RunConfig, torch.device], Task] = make_frame_task) -> RunOutcome:
     start = time.perf_counter()
     with monitor.stage("check input"):
         check_input(config)
     devices = resolve_devices(config.devices)
-    if len(devices) > 1:
-        raise InputError("several devices in one run are not supported yet: pass one with --devices")
-    device = devices[0]
-    dtype = resolve_dtype(config.precision, device, config.reference)
-    with monitor.stage("load models"):
-        bundle = load_bundle(config.models, config.chunk_len, config.demo)
-    if bundle.demo_models:
-        monitor.warn(
-            f"DEMO MODE: random stand-in models for {', '.join(bundle.demo_models)}; "
-            "predictions are NOT biologically meaningful"
-        )
-
-    result_dir = config.result_dir
-    created = prepare_result_dir(result_dir)
-    fingerprint = config.fingerprint(bundle.identity, file_identity(config.input), str(dtype))
-    try:
-        store = ShardStore(result_dir, fingerprint, restart=restart)
-        predictor = FramePredictor(
-            bundle, device, dtype, reference=config.reference,
-            batch_tokens=config.batch_tokens,
-        )
-        monitor.info(f"predicting on {device} in {str(dtype).removeprefix('torch.')}"
-                     + (" (reference path)" if config.reference else ""))
-        monitor.emit("run_started", input=str(config.input), result_dir=str(result_dir),
-                     devices=[str(device)], dtype=str(dtype).removeprefix("torch."),
-                     parameters=config.describe(), models=dict(bundle.identity))
-        frames = shards = resumed = 0
-        with IntermediateFiles(config) as files, ResultWriter(result_dir) as writer:
-            for shard in plan_shards(iter_frames(config, monitor, files), frame_cost, config.shard_tokens):
-                result, was_stored = _shard_result(shard, store, predictor, monitor, device)
-                writer.add(result.ids, result.score1, result.score2)
-                frames += len(result.ids)
-                shards += 1
-                resumed += was_stored
-        if frames == 0:
-            monitor.warn(f"{config.input}: no chunk has a stop-free reading frame; "
-                         "the result files hold headers only")
-        store.discard()
-    except InputError:
-        # The input itself is broken: results for it are meaningless, keep nothing.
-        _remove_outputs(result_dir, created, store_too=True)
-        raise
-    except BaseException:
-        # Finished shards stay in the store, so a rerun resumes where this one stopped.
-        _remove_outputs(result_dir, created, store_too=False)
-        raise
+    # Each device's worker loads the models itself, once; the parent never touches a GPU.
+    with Engine(functools.partial(task_factory, config), devices) as engine:
+        with monitor.stage("load models"):
+            info = engine.start()
+        if info["demo_models"]:
+            monitor.warn(
+                f"DEMO MODE: random stand-in models for {', '.join(info['demo_models'])}; "
+                "predictions are NOT biologically meaningful"
+            )
+        result_dir = config.result_dir
+        created = prepare_result_dir(result_dir)
+        fingerprint = config.fingerprint(info["identity"], file_identity(config.input), info["dtype"])
+        try:
+            store = ShardStore(result_dir, fingerprint, restart=restart)
+            remove_stale_temporaries(result_dir)
+            device_names = ", ".join(str(d) for d in devices)
+            monitor.info(f"predicting on {device_names} in {info['dtype']}"
+                         + (" (reference path)" if config.reference else ""))
+            monitor.emit("run_started", input=str(config.input), result_dir=str(result_dir),
+                         devices=[str(d) for d in devices], dtype=info["dtype"],
+                         parameters=config.describe(), models=dict(info["identity"]))
+            tally = _Tally()
+            with IntermediateFiles(config) as files, ResultWriter(result_dir) as writer:
+                items = _frames_with_known(config, monitor, files, tuple(info["feature_dims"]))
+                shards = plan_shards(items, lambda item: frame_cost(item[0]), config.shard_tokens)
+                jobs = (_job(shard, store, config.save_embeddings, tally) for shard in shards)
+                for _, result in engine.run(jobs, on_result=_saver(store, monitor, tally),
+                                            on_started=tally.started(monitor)):
+                    writer.add(result.ids, result.score1, result.score2)
+                    tally.frames += len(result.ids)
+                    tally.shards += 1
+            if tally.frames == 0:
+                monitor.warn(f"{config.input}: no chunk has a stop-free reading frame; "
+                             "the result files hold headers only")
+            if tally.reused_frames:
+                monitor.info(f"reused the embeddings of {tally.reused_frames:,} frames from the "
+                             "original VirNucPro's files")
+            if config.save_embeddings:
+                folder = write_embeddings(result_dir, tally.shards, tally.frames, tuple(info["feature_dims"]),
+                                          lambda i: store.load(i, need_embeddings=True))
+                monitor.info(f"embeddings written to {folder}/")
+            store.discard()
+        except InputError:
+            # The input itself is broken: results for it are meaningless, keep nothing.
+            _remove_outputs(result_dir, created, store_too=True)
+            raise
+        except BaseException:
+            # Finished shards stay in the store, so a rerun resumes where this one stopped.
+            _remove_outputs(result_dir, created, store_too=False)
+            raise
     seconds = time.perf_counter() - start
-    monitor.emit("run_finished", frames=frames, seconds=seconds)
-    return RunOutcome(result_dir, frames, shards, resumed, seconds, str(device),
-                      str(dtype).removeprefix("torch."), bundle.demo_models)
+    monitor.emit("run_finished", frames=tally.frames, seconds=seconds)
+    return RunOutcome(result_dir, tally.frames, tally.shards, tally.resumed, seconds, device_names,
+                      info["dtype"], tuple(info["demo_models"]))
 
 
-def _shard_result(
-    shard: Shard[Frame], store: ShardStore, predictor: FramePredictor, monitor: Monitor,
-    device: torch.device,
-) -> tuple[ShardResult, bool]:
-    ids = [f.id for f in shard.items]
-    monitor.emit("shard_started", index=shard.index, frames=len(ids), tokens=shard.cost,
-                 device=str(device))
-    t0 = time.perf_counter()
-    stored = store.load(shard.index, expected_ids=ids) if store.has(shard.index) else None
-    if stored is None:
-        p = predictor.predict(shard.items)
-        stored_now = ShardResult(shard.index, ids, p.score1, p.score2, p.is_virus)
-        store.save(stored_now)
-        result, was_stored = stored_now, False
-    else:
-        result, was_stored = stored, True
-    monitor.emit("shard_done", index=shard.index, frames=len(ids), tokens=shard.cost,
-                 seconds=time.perf_counter() - t0, device=str(device), resumed=was_stored)
-    return result, was_stored
+def _frames_with_known(config: RunConfig, monitor: Monitor, files: IntermediateFiles,
+                       dims: tuple[int, int]) -> Iterator[FrameWithKnown]:
+    """The input's frames, each with its embeddings from an original VirNucPro run if any."""
+    frames = iter_frames(config, monitor, files)
+    if not has_legacy_files(config.prefix):
+        return ((frame, None) for frame in frames)
+    monitor.info(f"found the original VirNucPro's files for {config.prefix}: reusing their embeddings")
+    return attach_legacy(frames, config.prefix, dims, monitor.warn)
+
+
+@dataclass
+class _Tally:
+    frames: int = 0
+    shards: int = 0
+    resumed: int = 0
+    reused_frames: int = 0
+    sizes: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # index -> frames, tokens, t0
+
+    def started(self, monitor: Monitor) -> Callable[[int, str], None]:
+        def on_started(index: int, device: str) -> None:
+            frames, tokens, _ = self.sizes[index]
+            self.sizes[index] = (frames, tokens, time.perf_counter())
+            monitor.emit("shard_started", index=index, frames=frames, tokens=tokens, device=device)
+        return on_started
+
+
+def _job(shard: Shard[FrameWithKnown], store: ShardStore, need_embeddings: bool, tally: _Tally) -> Job:
+    frames = [frame for frame, _ in shard.items]
+    ids = [f.id for f in frames]
+    label = f"shard {shard.index} (frames {ids[0]} .. {ids[-1]})"
+    stored = store.load(shard.index, ids, need_embeddings=need_embeddings) if store.has(shard.index) else None
+    if stored is not None:
+        tally.resumed += 1
+        return Job(shard.index, shard.cost, None, label, done=stored)
+    tally.sizes[shard.index] = (len(frames), shard.cost, time.perf_counter())
+    rows = [row for row, (_, known) in enumerate(shard.items) if known is not None]
+    known = None
+    if rows:
+        tally.reused_frames += len(rows)
+        known = KnownEmbeddings(np.asarray(rows), np.stack([shard.items[r][1][0] for r in rows]),
+                                np.stack([shard.items[r][1][1] for r in rows]))
+    return Job(shard.index, shard.cost, ShardWork(shard.index, frames, known), label)
+
+
+def _saver(store: ShardStore, monitor: Monitor, tally: _Tally) -> Callable[[int, ShardResult, str], None]:
+    """Persist each shard the moment it arrives, whatever its place in the output order."""
+    def on_result(index: int, result: ShardResult, device: str) -> None:
+        store.save(result)
+        frames, tokens, t0 = tally.sizes.pop(index)
+        monitor.emit("shard_done", index=index, frames=frames, tokens=tokens,
+                     seconds=time.perf_counter() - t0, device=device, resumed=False)
+    return on_result
+
+
+def remove_stale_temporaries(result_dir: Path) -> None:
+    """Result-file temporaries of runs that were killed (their pid is in the name)."""
+    for path in result_dir.glob(".*.tmp"):
+        parts = path.name.split(".")
+        pid = next((int(p) for p in parts if p.isdigit()), None)
+        if pid is not None and not _process_alive(pid):
+            path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_outputs(result_dir: Path, created: bool, *, store_too: bool) -> None:

@@ -5,8 +5,14 @@ Layout (`{result_dir}/.virnucpro_store/`):
   shard_000000.npz       ids, score1, score2, is_virus (+ embeddings when asked)
 
 A shard file appears only through os.replace of a fully written, fsynced temporary, so a
-crash at any moment leaves either the whole shard or none of it. A store whose fingerprint
-differs from the current run is refused unless the caller asks to restart.
+crash at any moment leaves either the whole shard or none of it: the rename IS the done
+marker (temporaries are named `.shard_*.tmp` and removed when the store is reopened). A
+separate marker file would add a second fsync per shard and a state (marker without data, or
+data without marker) that needs its own recovery, for no extra safety. On resume every shard
+is still validated before use -- loadable (the zip's CRCs catch truncation and bit rot), the
+expected arrays with matching row counts, and exactly the frame ids the run expects -- and a
+shard that fails is deleted and recomputed. A store whose fingerprint differs from the
+current run is refused unless the caller asks to restart.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +90,8 @@ class ShardStore:
                     f"{self.root} holds results of a different run (other input, parameters or "
                     "models); rerun with --restart to discard them, or choose another output folder"
                 )
+            for stale in self.root.glob(".shard_*.tmp"):  # a crash mid-write leaves these
+                stale.unlink(missing_ok=True)
             return
         if self.root.exists():
             shutil.rmtree(self.root)
@@ -119,8 +128,10 @@ class ShardStore:
             arrays["protein_embeddings"] = result.protein_embeddings
         atomic_write_bytes(self.shard_path(result.index), lambda h: np.savez(h, **arrays))
 
-    def load(self, index: int, expected_ids: list[str] | None = None) -> ShardResult | None:
-        """The stored shard, or None when absent or damaged (it is then recomputed)."""
+    def load(self, index: int, expected_ids: list[str] | None = None, *,
+             need_embeddings: bool = False) -> ShardResult | None:
+        """The stored shard, or None when absent, damaged, or not what this run needs (it is
+        then deleted and recomputed)."""
         path = self.shard_path(index)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -130,10 +141,10 @@ class ShardStore:
                     data["dna_embeddings"] if "dna_embeddings" in data else None,
                     data["protein_embeddings"] if "protein_embeddings" in data else None,
                 )
-        except (OSError, ValueError, KeyError, AssertionError, EOFError):
+        except (OSError, ValueError, KeyError, AssertionError, EOFError, zipfile.BadZipFile):
             path.unlink(missing_ok=True)
             return None
-        if expected_ids is not None and ids != expected_ids:
+        if not _is_valid(result, expected_ids, need_embeddings):
             path.unlink(missing_ok=True)
             return None
         return result
@@ -141,6 +152,18 @@ class ShardStore:
     def discard(self) -> None:
         """Remove the store once the final result files are safely in place."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _is_valid(result: ShardResult, expected_ids: list[str] | None, need_embeddings: bool) -> bool:
+    n = len(result.ids)
+    if expected_ids is not None and result.ids != expected_ids:
+        return False
+    if result.score1.dtype != np.float32 or result.score2.dtype != np.float32:
+        return False
+    if result.dna_embeddings is None or result.protein_embeddings is None:
+        return not need_embeddings
+    return (result.dna_embeddings.ndim == 2 and result.protein_embeddings.ndim == 2
+            and result.dna_embeddings.shape[0] == n and result.protein_embeddings.shape[0] == n)
 
 
 def migrate_manifest(data: dict, manifest: Path) -> dict:

@@ -98,6 +98,17 @@ class FramePredictor:
             return FramePredictions(empty, empty.copy(), np.zeros(0, dtype=bool))
         dna = self._pool_all(self._pool_dna, prepared.dna, prepared.count)
         protein = self._pool_all(self._pool_protein, prepared.protein, prepared.count)
+        return self._classify(dna, protein, keep_embeddings)
+
+    @torch.inference_mode()
+    def classify_embeddings(self, dna: np.ndarray, protein: np.ndarray,
+                            keep_embeddings: bool = False) -> FramePredictions:
+        """Classifier only, on embeddings computed earlier (e.g. by the original VirNucPro):
+        dna [N, D_dna] and protein [N, D_esm] float32 rows, one per frame."""
+        to_device = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
+        return self._classify(to_device(dna), to_device(protein), keep_embeddings)
+
+    def _classify(self, dna: torch.Tensor, protein: torch.Tensor, keep_embeddings: bool) -> FramePredictions:
         features = torch.cat([dna, protein], dim=1)  # [N, D_dna + D_esm]
         probs = class_probabilities(self.classifier, features).float().cpu().numpy()
         score1 = np.ascontiguousarray(probs[:, 0], dtype=np.float32)

@@ -1,0 +1,293 @@
+"""Hand jobs to one worker per device and give their results back in job order.
+
+- Jobs are read lazily from the caller's stream, at most `window` at a time (counting those
+  finished but not yet handed back), so memory stays flat on any input size.
+- Within the window, the costliest unassigned job goes to whichever worker has room first
+  (greedy longest-processing-time), so faster devices simply take more jobs.
+- Each worker holds at most two jobs: one running, one being prepared beside it.
+- Results are handed back strictly by job index, so the output is the same for any number
+  of devices or any timing; `on_result` sees each result as soon as it arrives (to persist it).
+- A worker that dies has its jobs requeued and is restarted; the job it was running when it
+  died gets a strike, and a job with two strikes fails the run with WorkerFailed naming it.
+- With one device the worker runs in a thread of this process (same code, no subprocess).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import torch
+
+from virnucpro.engine import worker
+from virnucpro.errors import VirnucproError, WorkerFailed
+
+JOBS_PER_WORKER = 2  # one running, one being prepared
+STRIKES_TO_FAIL = 2
+STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int  # consecutive from 0, in output order
+    cost: int
+    payload: Any
+    label: str  # names the job in errors, e.g. "shard 7 (frames a .. b)"
+    done: Any = None  # a result known already (from a checkpoint): handed back, not run
+
+
+@dataclass
+class _Worker:
+    device: torch.device
+    conn: Connection
+    process: Any  # multiprocessing Process, or a Thread in-process
+    ready: bool = False
+    info: dict | None = None
+    jobs: list[int] = field(default_factory=list)  # assigned, not finished
+    running: int | None = None
+
+
+class Engine:
+    """Use as a context manager: start() loads the task on every device, run() streams jobs."""
+
+    def __init__(self, factory: worker.TaskFactory, devices: list[torch.device], *,
+                 window: int | None = None) -> None:
+        self.factory = factory
+        self.devices = devices
+        self.window = window or 4 * len(devices) + 2
+        self.in_process = len(devices) == 1
+        self._context = multiprocessing.get_context("spawn")
+        # Every CPU worker computes with the thread count a one-device run would use: CPU
+        # kernels' reductions depend on it, and outputs must not depend on the device count
+        # (several CPU workers then oversubscribe the cores; `cpu,cpu` is for testing).
+        self._cpu_threads = torch.get_num_threads()
+        self._workers: list[_Worker] = []
+        self._on_started: Callable[[int, str], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop_all(graceful=exc_type is None)
+
+    def start(self) -> dict:
+        """Start a worker per device and wait until each has loaded; returns the first's info."""
+        self._workers = [self._spawn(device) for device in self.devices]
+        for w in self._workers:
+            while not w.ready:
+                self._handle(w, self._receive_or_death(w))
+        return self._workers[0].info or {}
+
+    def _spawn(self, device: torch.device) -> _Worker:
+        parent_end, child_end = multiprocessing.Pipe(duplex=True)
+        if self.in_process:
+            runner = threading.Thread(target=worker.work, args=(self.factory, device, child_end),
+                                      daemon=True, name=f"worker-{device}")
+        else:
+            runner = self._context.Process(
+                target=worker.process_main, name=f"virnucpro-worker-{device}", daemon=True,
+                args=(self.factory, device, child_end, self._cpu_threads),
+            )
+        runner.start()
+        if not self.in_process:
+            child_end.close()  # so the parent sees EOF when the child dies
+        return _Worker(device, parent_end, runner)
+
+    def _stop_all(self, graceful: bool) -> None:
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        for w in self._workers:
+            if isinstance(w.process, threading.Thread):
+                # A thread cannot be killed; a daemon one ends with the process.
+                w.process.join(STOP_GRACE_S if graceful else 0.1)
+                continue
+            if not graceful:
+                w.process.terminate()
+            w.process.join(STOP_GRACE_S)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+        self._workers = []
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, jobs: Iterable[Job], on_result: Callable[[int, Any, str], None],
+            on_started: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, Any]]:
+        """Yield (index, result) in index order; on_result(index, result, device) as each
+        arrives, on_started(index, device) as a worker begins a job."""
+        self._on_started = on_started
+        state = _RunState(iter(jobs), self.window)
+        while True:
+            state.fill()
+            yield from state.drain()
+            state.fill()  # draining freed room in the window: refill before waiting on workers
+            if state.finished():
+                return
+            for w in self._workers:
+                while w.ready and len(w.jobs) < JOBS_PER_WORKER and (job := state.take()) is not None:
+                    w.jobs.append(job.index)
+                    w.conn.send((job.index, job.payload))
+            for w, message in self._next_messages():
+                if message is None:
+                    self._replace_dead(w, state)
+                elif message[0] == "done":
+                    _, index, result = message
+                    w.jobs.remove(index)
+                    w.running = None
+                    if state.complete(index, result):
+                        on_result(index, result, str(w.device))
+                else:
+                    self._handle(w, message)
+
+    def _next_messages(self) -> list[tuple[_Worker, tuple | None]]:
+        """Block until some worker speaks or dies; None stands for a death."""
+        waitables: dict[Any, _Worker] = {w.conn: w for w in self._workers}
+        if not self.in_process:
+            waitables.update({w.process.sentinel: w for w in self._workers})
+        out = []
+        for ready in wait(list(waitables)):
+            w = waitables[ready]
+            if ready is w.conn:
+                out.append((w, self._recv(w)))
+            elif w.process.exitcode is not None or not w.process.is_alive():
+                # The pipe may still hold messages sent just before the death.
+                while w.conn.poll() and (message := self._recv(w)) is not None:
+                    out.append((w, message))
+                out.append((w, None))
+        # A death may be reported twice (pipe EOF and sentinel): keep the first.
+        seen: set[int] = set()
+        unique = []
+        for w, message in out:
+            if message is None:
+                if id(w) in seen:
+                    continue
+                seen.add(id(w))
+            unique.append((w, message))
+        return unique
+
+    @staticmethod
+    def _recv(w: _Worker) -> tuple | None:
+        try:
+            return w.conn.recv()
+        except (EOFError, OSError):
+            return None
+
+    def _receive_or_death(self, w: _Worker) -> tuple:
+        message = self._recv(w)
+        if message is None:
+            self._died_loading(w)
+        return message
+
+    @staticmethod
+    def _died_loading(w: _Worker) -> None:
+        w.process.join(STOP_GRACE_S)
+        raise WorkerFailed(
+            f"the worker for {w.device} died while loading the models (exit code "
+            f"{getattr(w.process, 'exitcode', None)}); check its memory (a GPU needs room for "
+            "ESM-2 3B) or run with fewer --devices"
+        )
+
+    def _handle(self, w: _Worker, message: tuple) -> None:
+        kind = message[0]
+        if kind == "ready":
+            w.ready, w.info = True, message[1]
+        elif kind == "started":
+            w.running = message[1]
+            if self._on_started is not None:
+                self._on_started(message[1], str(w.device))
+        elif kind == "error":
+            _, exc, text = message
+            if isinstance(exc, VirnucproError):
+                raise exc
+            raise WorkerFailed(f"the worker for {w.device} failed: {exc!r}\n{text}")
+        else:
+            raise AssertionError(f"unexpected worker message {kind!r}")
+
+    def _replace_dead(self, w: _Worker, state: "_RunState") -> None:
+        if not w.ready:
+            self._died_loading(w)  # restarting would only die again
+        w.process.join(STOP_GRACE_S)
+        code = w.process.exitcode
+        if w.running is not None and w.running in w.jobs:
+            label = state.strike(w.running)
+            if label is not None:
+                raise WorkerFailed(
+                    f"{label} killed its worker twice (last on {w.device}, exit code {code}); "
+                    "the run stops: check memory limits for this input, or remove these sequences"
+                )
+        state.requeue(w.jobs)
+        w.conn.close()
+        self._workers[self._workers.index(w)] = self._spawn(w.device)
+
+
+class _RunState:
+    """The window of jobs: unassigned, in flight, finished-but-not-yet-handed-back."""
+
+    def __init__(self, jobs: Iterator[Job], window: int) -> None:
+        self._jobs = jobs
+        self._window = window
+        self._exhausted = False
+        self._open: dict[int, Job] = {}  # every job in the window, by index
+        self._unassigned: set[int] = set()
+        self._results: dict[int, Any] = {}
+        self._next_out = 0
+        self._strikes: dict[int, int] = {}
+
+    def fill(self) -> None:
+        while not self._exhausted and len(self._open) < self._window:
+            job = next(self._jobs, None)
+            if job is None:
+                self._exhausted = True
+                break
+            self._open[job.index] = job
+            if job.done is not None:
+                self._results[job.index] = job.done
+            else:
+                self._unassigned.add(job.index)
+
+    def drain(self) -> Iterator[tuple[int, Any]]:
+        while self._next_out in self._results:
+            index = self._next_out
+            result = self._results.pop(index)
+            del self._open[index]
+            self._next_out += 1
+            yield index, result
+
+    def finished(self) -> bool:
+        return self._exhausted and not self._open
+
+    def take(self) -> Job | None:
+        """The costliest unassigned job (ties: the earliest), or None."""
+        if not self._unassigned:
+            return None
+        index = max(self._unassigned, key=lambda i: (self._open[i].cost, -i))
+        self._unassigned.remove(index)
+        return self._open[index]
+
+    def complete(self, index: int, result: Any) -> bool:
+        """Record a result; False when it is a duplicate (a requeued job finished twice)."""
+        if index < self._next_out or index in self._results:
+            return False
+        self._results[index] = result
+        self._unassigned.discard(index)
+        return True
+
+    def requeue(self, indices: list[int]) -> None:
+        for index in indices:
+            if index >= self._next_out and index not in self._results:
+                self._unassigned.add(index)
+
+    def strike(self, index: int) -> str | None:
+        """Count a worker death against a job; its label once it reaches the limit."""
+        self._strikes[index] = self._strikes.get(index, 0) + 1
+        return self._open[index].label if self._strikes[index] >= STRIKES_TO_FAIL else None

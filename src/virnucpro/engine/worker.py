@@ -1,0 +1,113 @@
+"""One device's loop: build the task once (models loaded once), then run jobs on the device
+while the NEXT job is received and prepared on a background thread, so host-side work
+(tokenizing, batching, pinning) never leaves the device idle.
+
+The engine knows no biology. A task is whatever `factory(device)` builds: it has `info`
+(a picklable dict sent to the parent once loaded), `prepare(payload)` (host-only,
+thread-safe) and `run(prepared)` (the device work). The same `serve` loop runs in a
+spawned process (several devices) or in a thread of the parent (one device).
+
+Messages, worker -> parent: ("ready", info), ("started", index), ("done", index, result),
+("error", exception, traceback text). Parent -> worker: (index, payload), or None to stop.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import torch
+
+
+class Task(Protocol):
+    info: dict
+
+    def prepare(self, payload: Any) -> Any: ...
+
+    def run(self, prepared: Any) -> Any: ...
+
+
+TaskFactory = Callable[[torch.device], Task]
+
+
+def _in_background(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Start fn() on a daemon thread; return a function that waits for its result.
+    Daemon, because the thread may sit in a blocking receive when the loop ends."""
+    box: queue.Queue = queue.Queue(maxsize=1)
+
+    def target() -> None:
+        try:
+            box.put((True, fn()))
+        except BaseException as exc:  # handed to the waiting thread, re-raised there
+            box.put((False, exc))
+
+    threading.Thread(target=target, daemon=True, name="prepare-next").start()
+
+    def result() -> Any:
+        ok, value = box.get()
+        if not ok:
+            raise value
+        return value
+
+    return result
+
+
+def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None]) -> None:
+    """Run jobs until receive() gives None; job n+1 is received and prepared during job n."""
+    def fetch() -> tuple[int, Any] | None:
+        job = receive()
+        if job is None:
+            return None
+        index, payload = job
+        return index, task.prepare(payload)
+
+    pending = _in_background(fetch)
+    while (current := pending()) is not None:
+        pending = _in_background(fetch)
+        index, prepared = current
+        send(("started", index))  # lets the parent blame the right job if this process dies
+        send(("done", index, task.run(prepared)))
+
+
+def _receive(conn: Connection) -> Any:
+    try:
+        return conn.recv()
+    except (EOFError, OSError):  # the parent is gone: stop quietly
+        return None
+
+
+def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection) -> None:
+    """The worker body, shared by processes and the in-process thread."""
+    try:
+        task = factory(device)
+        conn.send(("ready", task.info))
+        serve(task, lambda: _receive(conn), conn.send)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        return  # the parent stopped listening; nothing left to report to
+    except BaseException as exc:
+        text = traceback.format_exc()
+        try:
+            conn.send(("error", exc, text))
+        except Exception:  # the exception itself may not pickle
+            try:
+                conn.send(("error", RuntimeError(repr(exc)), text))
+            except Exception:
+                pass
+
+
+def process_main(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection,
+                 cpu_threads: int) -> None:
+    """Entry point of a spawned worker process."""
+    # Ctrl-C reaches the whole process group; the parent decides how to stop its workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads)  # the parent's count: see Engine.__init__
+    work(factory, device, conn)
+    conn.close()
+    os._exit(0)  # skip interpreter teardown: a prefetch thread may still block in recv

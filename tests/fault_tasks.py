@@ -1,0 +1,71 @@
+"""Tasks that misbehave on purpose, importable by spawned worker processes (tests/ is on the
+path they inherit). A task kills its own process with SIGKILL -- as the kernel's OOM killer
+or a crashed driver would -- when it is about to run a chosen job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from virnucpro.config import RunConfig
+from virnucpro.frame_task import FrameTask, ShardWork, make_frame_task
+
+
+def _die_once(marker: Path) -> None:
+    """SIGKILL this process, unless `marker` says a process already died here."""
+    try:
+        marker.open("x").close()
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class TimesTen:
+    """Result = payload * 10; SIGKILL on job `kill_at` (once, or every time)."""
+
+    info = {"name": "times-ten"}
+
+    def __init__(self, kill_at: int | None, marker: Path | None) -> None:
+        self.kill_at, self.marker = kill_at, marker
+
+    def prepare(self, payload: int) -> int:
+        return payload
+
+    def run(self, payload: int) -> int:
+        if payload == self.kill_at:
+            if self.marker is None:
+                os.kill(os.getpid(), signal.SIGKILL)
+            _die_once(self.marker)
+        time.sleep(0.002)
+        return payload * 10
+
+
+def times_ten(device) -> TimesTen:
+    return TimesTen(None, None)
+
+
+def times_ten_dies_once_at_3(marker: Path, device) -> TimesTen:
+    return TimesTen(3, marker)
+
+
+def times_ten_always_dies_at_3(device) -> TimesTen:
+    return TimesTen(3, None)
+
+
+class _DiesOnShard(FrameTask):
+    def __init__(self, inner: FrameTask, shard: int, marker: Path) -> None:
+        super().__init__(inner.predictor, inner.keep_embeddings, inner.info)
+        self.shard, self.marker = shard, marker
+
+    def run(self, prepared):
+        work: ShardWork = prepared.work
+        if work.index == self.shard:
+            _die_once(self.marker)
+        return super().run(prepared)
+
+
+def frame_task_dies_once_on_shard_2(config: RunConfig, device) -> FrameTask:
+    marker = config.input.parent / "worker_died_on_shard_2"
+    return _DiesOnShard(make_frame_task(config, device), 2, marker)

@@ -1,0 +1,65 @@
+"""The engine on its own, with toy tasks: order, longest-first hand-out, worker deaths."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import fault_tasks
+from virnucpro.engine.scheduler import Engine, Job, _RunState
+from virnucpro.errors import WorkerFailed
+
+CPU = torch.device("cpu")
+
+
+def jobs(n: int, done: dict[int, int] | None = None):
+    done = done or {}
+    # costs vary so longest-first hands jobs out of index order
+    return (Job(i, 100 - (i * 37) % 11, i, f"job {i}", done=done.get(i)) for i in range(n))
+
+
+def run_all(factory, devices, n=40, window=None, done=None):
+    arrived = []
+    with Engine(factory, devices, window=window) as engine:
+        engine.start()
+        out = list(engine.run(jobs(n, done), on_result=lambda i, r, d: arrived.append(i)))
+    return out, arrived
+
+
+@pytest.mark.parametrize("window", [1, 3, None])
+def test_results_come_back_in_index_order_in_process(window):
+    out, arrived = run_all(fault_tasks.times_ten, [CPU], window=window)
+    assert out == [(i, i * 10) for i in range(40)]
+    assert sorted(arrived) == list(range(40))
+
+
+def test_known_results_are_handed_back_not_run():
+    out, arrived = run_all(fault_tasks.times_ten, [CPU], n=10, done={0: -1, 4: -4, 9: -9})
+    assert [r for _, r in out] == [-1, 10, 20, 30, -4, 50, 60, 70, 80, -9]
+    assert sorted(arrived) == [1, 2, 3, 5, 6, 7, 8]
+
+
+def test_longest_first_within_the_window():
+    state = _RunState(iter([Job(0, 5, 0, "a"), Job(1, 9, 1, "b"), Job(2, 7, 2, "c"), Job(3, 9, 3, "d")]), 3)
+    state.fill()
+    assert [state.take().index for _ in range(3)] == [1, 2, 0]  # job 3 is beyond the window
+    assert state.take() is None
+
+
+def test_two_worker_processes_give_the_same_order():
+    out, _ = run_all(fault_tasks.times_ten, [CPU, CPU])
+    assert out == [(i, i * 10) for i in range(40)]
+
+
+def test_killed_worker_has_its_job_requeued(tmp_path):
+    factory = functools.partial(fault_tasks.times_ten_dies_once_at_3, tmp_path / "died")
+    out, _ = run_all(factory, [CPU, CPU], n=12)
+    assert (tmp_path / "died").exists()  # a worker really was killed
+    assert out == [(i, i * 10) for i in range(12)]
+
+
+def test_a_job_that_kills_workers_twice_fails_the_run_naming_it():
+    with pytest.raises(WorkerFailed, match=r"^job 3 killed its worker twice"):
+        run_all(fault_tasks.times_ten_always_dies_at_3, [CPU, CPU], n=12)

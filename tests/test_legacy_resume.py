@@ -1,0 +1,111 @@
+"""Reusing the embeddings of a run of the original VirNucPro (SPEC.md section 5 files)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from virnucpro.cli import main
+from virnucpro.legacy import attach_legacy, read_split
+from virnucpro.models.safe_load import safe_torch_load
+from virnucpro.stages.chunk import iter_chunks
+from virnucpro.stages.read import read_records
+from virnucpro.stages.translate import select_frames
+
+LEGACY = Path(__file__).resolve().parents[2] / "shared" / "golden" / "legacy_original_run"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ecoli_reads150.fa"
+
+
+def frames_of(path: Path, chunk_len: int):
+    return select_frames(list(iter_chunks(read_records(path), chunk_len, on_empty=lambda _: None)))
+
+
+def test_real_original_files_read_and_matched(tmp_path):
+    """The original's DNABERT-S and ESM-2 files, read separately, give exactly the rows of its
+    own merged file, and they pair with the frames virnucpro cuts from the same input."""
+    for name in ("test_with_orfs", "test_fixed_500bp"):
+        for part in ("nucleotide", "protein"):
+            shutil.copytree(LEGACY / f"{name}_{part}", tmp_path / f"{name}_{part}")
+        split = read_split(str(tmp_path / name), 1, 768)
+        merged = safe_torch_load(LEGACY / f"{name}_merged" / "output_1_merged.pt", what="merged")
+        assert split.ids == list(merged["ids"])
+        np.testing.assert_array_equal(np.concatenate([split.dna, split.protein], 1), merged["data"].numpy())
+        frames = frames_of(LEGACY / f"{name}.fa", 500)
+        paired = list(attach_legacy(iter(frames), str(tmp_path / name), (768, 2560), pytest_fail))
+        assert [f.id for f, _ in paired] == split.ids
+        assert all(known is not None for _, known in paired)
+
+
+def pytest_fail(message: str) -> None:
+    raise AssertionError(f"unexpected warning: {message}")
+
+
+def write_original_files(prefix: Path, ids, dna, protein, split_size: int) -> None:
+    """The original's per-split files, in its formats (ESM-2 ordered by protein length)."""
+    for part in ("nucleotide", "protein"):
+        Path(f"{prefix}_{part}").mkdir(parents=True, exist_ok=True)
+    for k, start in enumerate(range(0, len(ids), split_size), 1):
+        rows = range(start, min(start + split_size, len(ids)))
+        torch.save({"nucleotide": [ids[r] for r in rows],
+                    "data": [{"label": ids[r], "mean_representation": dna[r].tolist()} for r in rows]},
+                   f"{prefix}_nucleotide/output_{k}_DNABERT_S.pt")
+        by_length = sorted(rows, key=lambda r: (len(ids[r]), r))
+        torch.save({"proteins": [ids[r] for r in by_length], "data": [torch.from_numpy(protein[r].copy()) for r in by_length]},
+                   f"{prefix}_protein/output_{k}_ESM.pt")
+
+
+def run(folder: Path, *extra: str) -> tuple[int, Path]:
+    sample = folder / "reads.fa"
+    if not sample.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        sample.write_text("\n".join(EXAMPLE.read_text().splitlines()[:200]) + "\n")
+    code = main(["predict", str(sample), "-m", "300", "--demo", "--devices", "cpu", "--shard-tokens", "800", *extra])
+    return code, folder / "reads_merged"
+
+
+def test_original_embeddings_reused_and_output_unchanged(tmp_path, capsys):
+    code, first = run(tmp_path / "a", "--save-embeddings")
+    assert code == 0
+    emb = first / "embeddings"
+    ids = emb.joinpath("ids.txt").read_text().splitlines()
+    dna, protein = np.load(emb / "dnabert_s.npy"), np.load(emb / "esm2.npy")
+    covered = 2 * 40  # two splits of 40 frames; the rest is computed
+    write_original_files(tmp_path / "b" / "reads", ids[:covered], dna, protein, 40)
+    capsys.readouterr()
+    shutil.copy(tmp_path / "a" / "reads.fa", tmp_path / "b" / "reads.fa")
+    assert run(tmp_path / "b")[0] == 0
+    assert f"reused the embeddings of {covered} frames" in capsys.readouterr().err
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
+        assert (tmp_path / "b" / "reads_merged" / name).read_bytes() == (first / name).read_bytes()
+
+
+def test_reused_embeddings_really_drive_the_scores(tmp_path):
+    code, first = run(tmp_path / "a", "--save-embeddings")
+    emb = first / "embeddings"
+    ids = emb.joinpath("ids.txt").read_text().splitlines()
+    dna, protein = np.load(emb / "dnabert_s.npy"), np.load(emb / "esm2.npy")
+    write_original_files(tmp_path / "b" / "reads", ids[:40], dna, np.zeros_like(protein), 40)
+    shutil.copy(tmp_path / "a" / "reads.fa", tmp_path / "b" / "reads.fa")
+    assert run(tmp_path / "b")[0] == 0
+    before = (first / "prediction_results.txt").read_text().splitlines()[1:]
+    after = (tmp_path / "b" / "reads_merged" / "prediction_results.txt").read_text().splitlines()[1:]
+    assert after[40:] == before[40:]
+    assert sum(a != b for a, b in zip(after[:40], before[:40])) > 30
+
+
+def test_original_files_of_another_input_are_ignored(tmp_path, capsys):
+    code, first = run(tmp_path / "a")
+    other = [f"other_{i}_chunk_1F1" for i in range(40)]
+    write_original_files(tmp_path / "b" / "reads", other, np.ones((40, 64), np.float32),
+                         np.ones((40, 64), np.float32), 40)
+    shutil.copy(tmp_path / "a" / "reads.fa", tmp_path / "b" / "reads.fa")
+    capsys.readouterr()
+    assert run(tmp_path / "b")[0] == 0
+    err = capsys.readouterr().err
+    assert "output_1_DNABERT_S.pt" in err and "not those of this input" in err
+    assert "reused the embeddings" not in err
+    name = "prediction_results.txt"
+    assert (tmp_path / "b" / "reads_merged" / name).read_bytes() == (first / name).read_bytes()
