@@ -137,3 +137,44 @@ def test_gpu_packed_varlen_matches_padded(esm, dtype):
     cos = torch.nn.functional.cosine_similarity(packed, padded, dim=1)
     assert cos.min() > 0.999
     model.to("cpu", torch.float32)
+
+
+def test_packed_uses_each_layers_own_inv_freq_when_they_differ(esm):
+    """One shared angle table is an optimisation for checkpoints whose layers agree; a
+    checkpoint whose layers differ must still get per-layer angles, as the padded path."""
+    import copy
+
+    model = copy.deepcopy(esm)
+    rotary = model.layers[1].self_attn.rotary
+    rotary.set_inv_freq(rotary.inv_freq * 1.5)
+    tokens, lengths = encode_proteins(random_proteins(8, seed=7))
+    with torch.no_grad():
+        packed = model.pooled_packed(pack_proteins(tokens, lengths))
+        padded = model.pooled(tokens, lengths)
+        unchanged = esm.pooled(tokens, lengths)
+    assert not model._rotary_shared()
+    assert relative_errors(packed, padded).max() < 1e-5
+    assert relative_errors(padded, unchanged).max() > 1e-3  # the change did matter
+
+
+@pytest.mark.gpu
+def test_gpu_dnabert_fp16_overflow_falls_back_to_fp32():
+    """DNABERT-S runs fp16 GEMMs on the GPU fast path; activations beyond fp16's range must
+    not turn into inf/NaN scores: the shard's DNABERT-S pass is redone in fp32."""
+    tokenizer = demo.demo_tokenizer()
+    frames = demo_frames(16, seed=8)
+
+    def predictor(dtype):
+        dnabert = demo.demo_dnabert(tokenizer.vocab_size)
+        with torch.no_grad():  # push the gated MLP far past fp16's 65504
+            for layer in dnabert.encoder.layer:
+                layer.mlp.gated_layers.weight.mul_(3000.0)
+        bundle = ModelBundle(demo.demo_esm(), dnabert, tokenizer, demo.demo_classifier(128))
+        return FramePredictor(bundle, torch.device("cuda", 0), dtype, reference=False)
+
+    fast = predictor(torch.bfloat16)
+    got = fast.predict(frames, keep_embeddings=True)
+    exact = predictor(torch.float32).predict(frames, keep_embeddings=True)
+    assert fast.fp16_overflows == 1
+    assert np.isfinite(got.dna_embeddings).all()
+    assert relative_errors(torch.from_numpy(got.dna_embeddings), torch.from_numpy(exact.dna_embeddings)).max() < 1e-4

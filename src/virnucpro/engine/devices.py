@@ -12,8 +12,9 @@ MAX_GPU_BATCH_TOKENS = 65_536
 MIN_GPU_BATCH_TOKENS = 2_048
 # Peak activation memory of ESM-2 per token and per unit of model width, in bytes: bf16
 # temporaries of one layer (qkv 3D, fc1/GELU 2 x 4D, residual and norms ~4D: ~15D elements x 2)
-# plus the fp32 last hidden state and pooling gather (2 x 4D), rounded up for the allocator.
-ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 48
+# plus the fp32 last hidden state and pooling gather (2 x 4D). Measured ~52 D on an H200
+# (benchmarks/bench_engine.py, 64k-token batches); 64 leaves room for the allocator.
+ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 64
 # Leave this share of the free memory alone (DNABERT-S batches, fragmentation, other tenants).
 FREE_MEMORY_SHARE = 0.6
 
@@ -59,6 +60,9 @@ def resolve_dtype(precision: str, device: torch.device, reference: bool) -> torc
 def usable_device_memory(device: torch.device) -> int:
     """Bytes this process may still allocate: the device's free memory, capped by any
     per-process memory fraction (how a 24 GB card is emulated on a larger one)."""
+    if device.index is None:  # "cuda" means the current device
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.empty_cache()  # memory cached from loading the models is free to use
     free, total = torch.cuda.mem_get_info(device)
     fraction = torch.cuda.get_per_process_memory_fraction(device)
     allowed = int(fraction * total) - torch.cuda.memory_reserved(device)

@@ -64,7 +64,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     stay exact fp32. Attention is ~2% of DNABERT-S's FLOPs (the linears are the rest), so
     this costs little; the result goes back to the model's dtype.
     """
-    out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias)
+    # Under autocast (fp16 GEMMs on the fast path) SDPA would be cast down too: keep it fp32.
+    with torch.autocast(q.device.type, enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias)
     return out.to(q.dtype)
 
 
@@ -196,9 +198,11 @@ class DNABertS(nn.Module):
 
     def pooled(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
         """[B, H] fp32: mean of the last hidden state over the real tokens, [CLS]/[SEP] in."""
-        hidden = self.forward(input_ids, lengths).float()  # [B, T, H]
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        real = (positions[None, :] < lengths[:, None]).to(torch.float32)  # [B, T]
-        total = torch.einsum("bth,bt->bh", hidden, real)  # padded rows weigh 0
-        return total / lengths[:, None].to(torch.float32)
+        hidden = self.forward(input_ids, lengths)  # [B, T, H]
+        with torch.autocast(hidden.device.type, enabled=False):  # the mean stays fp32
+            hidden = hidden.float()
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            real = (positions[None, :] < lengths[:, None]).to(torch.float32)  # [B, T]
+            total = torch.einsum("bth,bt->bh", hidden, real)  # padded rows weigh 0
+            return total / lengths[:, None].to(torch.float32)
 
