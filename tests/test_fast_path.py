@@ -178,3 +178,22 @@ def test_gpu_dnabert_fp16_overflow_falls_back_to_fp32():
     assert fast.fp16_overflows == 1
     assert np.isfinite(got.dna_embeddings).all()
     assert relative_errors(torch.from_numpy(got.dna_embeddings), torch.from_numpy(exact.dna_embeddings)).max() < 1e-4
+
+
+def test_a_failing_compilation_falls_back_to_eager(virnucpro_log):
+    """torch.compile can fail at the first call on some systems: the run must go on, eager,
+    with the same numbers, and say so once."""
+    frames = demo_frames(12, seed=10)
+    expected = demo_predictor(batch_tokens=4096).predict(frames)
+    predictor = demo_predictor(batch_tokens=4096)
+    predictor.packed = True  # the packed layout (CPU attention fallback) as on a GPU
+    predictor.compiled = True
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor: simulated compiler failure")
+
+    for layer in predictor.esm.layers:
+        layer.forward_packed = broken
+    got = predictor.predict(frames)
+    assert "torch.compile failed" in virnucpro_log.text and not predictor.compiled
+    np.testing.assert_allclose(got.score2, expected.score2, rtol=0, atol=1e-6)

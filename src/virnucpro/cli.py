@@ -4,6 +4,7 @@ on stderr and a non-zero exit code; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import signal
 import sys
@@ -51,6 +52,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 on GPUs, fp32 on CPUs (default auto)")
     p.add_argument("--batch-tokens", type=int, help="token budget per batch (default: by device)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="skip torch.compile of ESM-2 on GPUs (saves ~10 s of start-up, ~20%% slower)")
     p.add_argument("--keep-intermediate", action="store_true",
                    help="also write the original's intermediate FASTA files")
     p.add_argument("--reference", action="store_true",
@@ -114,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         keep_intermediate=args.keep_intermediate,
         save_embeddings=args.save_embeddings,
         shard_tokens=args.shard_tokens,
+        compile=not args.no_compile,
         batch_tokens=args.batch_tokens,
         quiet=args.quiet,
     )
@@ -172,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     from virnucpro.monitor import configure_logging
 
     args = build_parser().parse_args(argv)
+    # Before anything touches CUDA (workers inherit it): growable segments instead of fixed
+    # blocks, so batches of varying size do not fragment the GPU's memory.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
         configure_logging(quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False),
                           log_file=getattr(args, "log_file", None))

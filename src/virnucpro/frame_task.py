@@ -83,7 +83,7 @@ def make_frame_task(config: RunConfig, device: torch.device) -> FrameTask:
     bundle = load_bundle(config.models, config.chunk_len, config.demo)
     dtype = resolve_dtype(config.precision, device, config.reference)
     predictor = FramePredictor(bundle, device, dtype, reference=config.reference,
-                               batch_tokens=config.batch_tokens)
+                               batch_tokens=config.batch_tokens, compile=config.compile)
     info = {
         "identity": dict(bundle.identity),
         "demo_models": tuple(bundle.demo_models),

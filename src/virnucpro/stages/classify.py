@@ -9,6 +9,7 @@ ESM-2 in fair-esm's length-sorted 2048-token batches) so speed-ups can be measur
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,8 @@ class FramePredictions:
     dna_embeddings: np.ndarray | None = None
     protein_embeddings: np.ndarray | None = None
 
+
+log = logging.getLogger("virnucpro")
 
 # a batch's device-side input -> pooled embeddings [B, D] in fp32
 PoolFn = Callable[["TokenBatch | PackedBatch"], torch.Tensor]
@@ -71,7 +74,8 @@ class FramePredictor:
         self.classifier = bundle.classifier.to(device=device, dtype=torch.float32).eval()
         # Sized after the models are resident, from the memory they leave free.
         self.batch_tokens = batch_tokens or batch_tokens_for(device, self.esm.embed_dim)
-        if compile and self.packed:
+        self.compiled = bool(compile) and self.packed
+        if self.compiled:
             compile_packed_layers(self.esm, mode=None if compile is True else compile)
 
     def prepare(self, frames: Sequence[Frame]) -> PreparedShard:
@@ -149,7 +153,20 @@ class FramePredictor:
 
     def _pool_protein(self, batch: "TokenBatch | PackedBatch") -> torch.Tensor:
         if isinstance(batch, PackedBatch):
-            return self.esm.pooled_packed(batch.to(self.device, non_blocking=True))
+            batch = batch.to(self.device, non_blocking=True)
+            try:
+                return self.esm.pooled_packed(batch)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # compilation fails lazily, at the first call
+                if not self.compiled:
+                    raise
+                # Speed is not worth a failed run: carry on with the same layers, eager.
+                log.warning("torch.compile failed on %s (%s: %s); continuing without it",
+                            self.device, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                uncompile_packed_layers(self.esm)
+                self.compiled = False
+                return self.esm.pooled_packed(batch)
         ids = batch.ids.to(self.device, non_blocking=True)
         return self.esm.pooled(ids, batch.lengths.to(self.device, non_blocking=True))
 
@@ -183,6 +200,12 @@ def compile_packed_layers(esm: torch.nn.Module, mode: str | None = None) -> None
     compilation serves every batch; the layers share code, so they share the compiled graph."""
     for layer in esm.layers:
         layer.forward_packed = torch.compile(layer.forward_packed, dynamic=True, mode=mode)
+
+
+def uncompile_packed_layers(esm: torch.nn.Module) -> None:
+    """Drop the compiled wrappers: the class's own (eager) method shows through again."""
+    for layer in esm.layers:
+        layer.__dict__.pop("forward_packed", None)
 
 
 @dataclass(frozen=True)
