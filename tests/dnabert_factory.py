@@ -13,15 +13,14 @@ from pathlib import Path
 
 import torch
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+from golden import SHARED_DIR
 
 
 def shared_file(relative: str) -> Path | None:
-    """A file of the project's shared folder (third-party data not kept in the repo)."""
-    for root in (_REPO_ROOT / "shared", Path("/work/shared")):
-        if (root / relative).is_file():
-            return root / relative
-    return None
+    """A file of the project's shared folder (third-party data not kept in the repo), which
+    sits beside the repository, as tests/golden.py finds it."""
+    path = SHARED_DIR / relative
+    return path if path.is_file() else None
 
 
 def real_tokenizer_path() -> Path | None:
