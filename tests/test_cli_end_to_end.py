@@ -48,7 +48,7 @@ def test_keep_intermediate_matches_golden(tmp_path, tiny_models, name, chunk_len
     assert main(["predict", str(sample), "-m", str(chunk_len), "--keep-intermediate", "-q",
                  *model_args(tiny_models)]) == 0
     prefix = tmp_path / "sample"
-    assert Path(f"{prefix}_chunked{chunk_len}.fa").read_bytes() == (case / f"chunked.fa").read_bytes()
+    assert Path(f"{prefix}_chunked{chunk_len}.fa").read_bytes() == (case / "chunked.fa").read_bytes()
     assert Path(f"{prefix}_identified_nucleotide.fa").read_bytes() == (case / "identified_nucleotide.fa").read_bytes()
     assert Path(f"{prefix}_identified_protein.faa").read_bytes() == (case / "identified_protein.faa").read_bytes()
     ids, _, _ = read_score_table(tmp_path / "sample_merged" / "prediction_results.txt", 0, 2, 3)

@@ -7,7 +7,6 @@ and rerun) must be byte-identical to it.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
