@@ -42,6 +42,19 @@ class TimesTen:
         return payload * 10
 
 
+class DiesPreparing(TimesTen):
+    """SIGKILL while preparing job `kill_at` (before it ever starts running)."""
+
+    def prepare(self, payload: int) -> int:
+        if payload == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return payload
+
+
+def times_ten_always_dies_preparing_0(device) -> TimesTen:
+    return DiesPreparing(0, None)
+
+
 def times_ten(device) -> TimesTen:
     return TimesTen(None, None)
 

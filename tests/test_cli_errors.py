@@ -167,3 +167,25 @@ def test_conflicting_chunk_lengths(tmp_path, capsys):
     sample.write_text(f">a\n{GOOD}\n")
     code, err = run(["predict", str(sample), "300", "-m", "500", "--demo"], capsys)
     assert code == 2 and "chunk length" in error_line(err)
+
+
+def test_empty_file_is_an_error(tmp_path, capsys):
+    sample = tmp_path / "empty.fa"
+    sample.write_bytes(b"")
+    code, err = run(demo_args(sample), capsys)
+    assert code == 2 and "empty.fa" in error_line(err) and "no sequences" in error_line(err)
+    assert left_behind(tmp_path, {"empty.fa"}) == []
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, capsys):
+    from virnucpro.store import RunLock
+
+    sample = tmp_path / "s.fa"
+    sample.write_text(f">a\n{GOOD}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with RunLock(out):  # as a run in progress holds it
+        code, err = run(demo_args(sample, "-o", str(out)), capsys)
+    assert code == 3 and "another virnucpro run" in error_line(err)
+    assert run(demo_args(sample, "-o", str(out)), capsys)[0] == 0  # free again afterwards
+    assert not (out / RunLock.NAME).exists()

@@ -135,8 +135,8 @@ def test_save_embeddings_in_input_order(tmp_path, reference):
 
 # ------------------------------------------------------------------ whole-process signals
 
-def cli(sample: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "virnucpro", *args(sample, "--devices", "cpu,cpu", *extra)],
+def cli(sample: Path, *extra: str, devices: str = "cpu,cpu") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "virnucpro", *args(sample, "--devices", devices, *extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -148,11 +148,16 @@ def wait_for_shards(store: Path, count: int, proc: subprocess.Popen, limit_s: fl
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
-def test_signal_stops_cleanly_keeping_finished_shards(tmp_path, reference, sig, code, word):
+@pytest.mark.parametrize("sig,code,word,devices", [
+    (signal.SIGTERM, 143, "terminated", "cpu,cpu"),
+    (signal.SIGINT, 130, "interrupted", "cpu,cpu"),
+    # one device: the worker is a thread of this process, still inside a kernel when stopped
+    (signal.SIGTERM, 143, "terminated", "cpu"),
+])
+def test_signal_stops_cleanly_keeping_finished_shards(tmp_path, reference, sig, code, word, devices):
     sample = small_input(tmp_path, records=400)  # long enough to be caught mid-run
     store = tmp_path / "reads_merged" / STORE_DIRNAME
-    proc = cli(sample)
+    proc = cli(sample, devices=devices)
     wait_for_shards(store, 3, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)

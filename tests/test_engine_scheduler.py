@@ -63,3 +63,25 @@ def test_killed_worker_has_its_job_requeued(tmp_path):
 def test_a_job_that_kills_workers_twice_fails_the_run_naming_it():
     with pytest.raises(WorkerFailed, match=r"^job 3 killed its worker twice"):
         run_all(fault_tasks.times_ten_always_dies_at_3, [CPU, CPU], n=12)
+
+
+@pytest.mark.parametrize("devices", [[CPU], [CPU, CPU]])
+def test_resume_with_more_stored_results_than_the_window(devices):
+    """A resumed run whose stored shards outnumber the window: the stored ones drain at
+    once and the rest must still be handed out (this hung: nothing was in flight to wait on)."""
+    done = {i: -i for i in range(30)}
+    out, arrived = run_all(fault_tasks.times_ten, devices, n=40, window=4, done=done)
+    assert out == [(i, -i) for i in range(30)] + [(i, i * 10) for i in range(30, 40)]
+    assert sorted(arrived) == list(range(30, 40))
+
+
+def test_all_results_stored():
+    out, arrived = run_all(fault_tasks.times_ten, [CPU], n=25, window=3, done={i: i for i in range(25)})
+    assert out == [(i, i) for i in range(25)] and arrived == []
+
+
+def test_a_job_that_kills_its_worker_while_being_prepared_fails_the_run():
+    """Before its first "started" message, a worker's death is blamed on the job it was
+    preparing; without that, the worker was restarted forever."""
+    with pytest.raises(WorkerFailed, match=r"^job 0 killed its worker twice"):
+        run_all(fault_tasks.times_ten_always_dies_preparing_0, [CPU, CPU], n=6)

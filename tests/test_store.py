@@ -51,3 +51,14 @@ def test_discard(tmp_path):
     store.save(result(0))
     store.discard()
     assert not (tmp_path / STORE_DIRNAME).exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_output_error(tmp_path):
+    import shutil
+
+    from virnucpro.errors import OutputError
+
+    store = ShardStore(tmp_path, "fp1")
+    shutil.rmtree(tmp_path / STORE_DIRNAME)  # e.g. removed (or the disk filled) mid-run
+    with pytest.raises(OutputError, match="shard_000000"):
+        store.save(result(0))

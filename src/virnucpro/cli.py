@@ -207,5 +207,17 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous_sigterm)
 
 
+
+def entry() -> None:
+    """The `virnucpro` command: main(), then leave without interpreter teardown. A worker
+    thread still inside a kernel when a run is interrupted could otherwise abort the process
+    (exit 134 instead of 130/143) as Python finalises; everything is written and closed by now."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -38,7 +38,7 @@ from virnucpro.stages.read import ReadPosition, find_duplicate_ids, read_records
 from virnucpro.stages.translate import select_frames
 from virnucpro.stages.types import Frame
 from virnucpro.stages.write import ResultWriter
-from virnucpro.store import STORE_DIRNAME, ShardResult, ShardStore
+from virnucpro.store import STORE_DIRNAME, RunLock, ShardResult, ShardStore
 
 CHUNKS_PER_TRANSLATION_BLOCK = 8_192  # vectorised translation works on blocks of chunks
 
@@ -67,6 +67,11 @@ def check_input(config: RunConfig) -> None:
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a regular file")
+    records = read_records(path)
+    first = next(records, None)
+    records.close()  # only the first record was needed: release the file now
+    if first is None:
+        raise InputError(f"{path}: no sequences in this file (is it empty?)")
     duplicates = find_duplicate_ids(path)
     if duplicates:
         shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
@@ -90,7 +95,8 @@ def iter_frames(config: RunConfig, monitor: Monitor, files: IntermediateFiles) -
         files.add_frames(frames)
         frames_read += len(frames)
         cpu_seconds += time.perf_counter() - t0
-        # Bytes consumed give progress a fraction and an ETA without a pre-pass over the input.
+        # Bytes consumed give progress a fraction and an ETA; counting the frames ahead would
+        # cost as much as these stages (the duplicate-id check before reads headers only).
         monitor.emit("input_progress", bytes_read=position.bytes_read(), bytes_total=position.total,
                      frames=frames_read, seconds=cpu_seconds)
         yield from frames
@@ -116,6 +122,18 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
     with monitor.stage("check input"):
         check_input(config)
     devices = resolve_devices(config.devices)
+    result_dir = config.result_dir
+    created = prepare_result_dir(result_dir)  # before loading gigabytes of models
+    try:
+        with RunLock(result_dir):
+            return _run_in(config, monitor, restart, task_factory, devices, result_dir, created, start)
+    except BaseException:
+        _remove_outputs(result_dir, created, store_too=False)  # an empty folder we made
+        raise
+
+
+def _run_in(config: RunConfig, monitor: Monitor, restart: bool, task_factory, devices,
+            result_dir: Path, created: bool, start: float) -> RunOutcome:
     # Each device's worker loads the models itself, once; the parent never touches a GPU.
     with Engine(functools.partial(task_factory, config), devices) as engine:
         with monitor.stage("load models"):
@@ -125,8 +143,6 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
                 f"DEMO MODE: random stand-in models for {', '.join(info['demo_models'])}; "
                 "predictions are NOT biologically meaningful"
             )
-        result_dir = config.result_dir
-        created = prepare_result_dir(result_dir)
         fingerprint = config.fingerprint(info["identity"], file_identity(config.input), info["dtype"])
         try:
             store = ShardStore(result_dir, fingerprint, restart=restart)

@@ -126,7 +126,11 @@ class ShardStore:
         if result.dna_embeddings is not None:
             arrays["dna_embeddings"] = result.dna_embeddings
             arrays["protein_embeddings"] = result.protein_embeddings
-        atomic_write_bytes(self.shard_path(result.index), lambda h: np.savez(h, **arrays))
+        try:
+            atomic_write_bytes(self.shard_path(result.index), lambda h: np.savez(h, **arrays))
+        except OSError as exc:
+            raise OutputError(f"cannot write checkpoint {self.shard_path(result.index)}: "
+                              f"{exc.strerror or exc}") from None
 
     def load(self, index: int, expected_ids: list[str] | None = None, *,
              need_embeddings: bool = False) -> ShardResult | None:
@@ -172,3 +176,36 @@ def migrate_manifest(data: dict, manifest: Path) -> dict:
         f"{manifest} has store format {data.get('format_version')!r}, this virnucpro writes "
         f"{FORMAT_VERSION}; rerun with --restart"
     )
+
+
+class RunLock:
+    """One run per output folder: a second run on the same folder would discard or interleave
+    the first one's checkpoints. An advisory lock (flock) on `.virnucpro.lock`, released when the
+    run ends, also when it is killed (the kernel drops the lock with the process)."""
+
+    NAME = ".virnucpro.lock"
+
+    def __init__(self, result_dir: Path) -> None:
+        self.path = result_dir / self.NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise OutputError(f"another virnucpro run is writing to {self.path.parent}; wait for it "
+                              "to finish or choose another output folder (-o)") from None
+        except OSError:
+            pass  # a file system without locks (some network mounts): run unguarded
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None

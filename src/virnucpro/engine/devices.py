@@ -12,8 +12,9 @@ MAX_GPU_BATCH_TOKENS = 65_536
 MIN_GPU_BATCH_TOKENS = 2_048
 # Peak activation memory of ESM-2 per token and per unit of model width, in bytes: bf16
 # temporaries of one layer (qkv 3D, fc1/GELU 2 x 4D, residual and norms ~4D: ~15D elements x 2)
-# plus the fp32 last hidden state and pooling gather (2 x 4D). Measured ~52 D on an H200
-# (benchmarks/bench_engine.py, 64k-token batches); 64 leaves room for the allocator.
+# plus the fp32 last hidden state and pooling gather (2 x 4D). Measured about 27 D on an H200
+# (benchmarks/check_small_gpu.py: 9.95 GiB peak with ~5.7 GiB of weights and 64k-token
+# batches); 64 leaves room for fragmentation and the DNABERT-S batches.
 ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 64
 # Leave this share of the free memory alone (DNABERT-S batches, fragmentation, other tenants).
 FREE_MEMORY_SHARE = 0.6

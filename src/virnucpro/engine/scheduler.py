@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import multiprocessing
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +31,8 @@ from virnucpro.errors import VirnucproError, WorkerFailed
 JOBS_PER_WORKER = 2  # one running, one being prepared
 STRIKES_TO_FAIL = 2
 STOP_GRACE_S = 5.0
+
+log = logging.getLogger("virnucpro")
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,9 @@ class Engine:
                 pass
         for w in self._workers:
             if isinstance(w.process, threading.Thread):
-                # A thread cannot be killed; a daemon one ends with the process.
-                w.process.join(STOP_GRACE_S if graceful else 0.1)
+                # A thread cannot be killed: let it finish its batch (it stops at the next job),
+                # since interpreter shutdown under a running CUDA/CPU kernel can abort the process.
+                w.process.join(STOP_GRACE_S)
                 continue
             if not graceful:
                 w.process.terminate()
@@ -128,9 +133,15 @@ class Engine:
         self._on_started = on_started
         state = _RunState(iter(jobs), self.window)
         while True:
-            state.fill()
-            yield from state.drain()
-            state.fill()  # draining freed room in the window: refill before waiting on workers
+            # Stored results drain at once and free room in the window: refill and drain until
+            # nothing more drains, else a window of only stored jobs would wait on idle workers.
+            progressed = True
+            while progressed:
+                state.fill()
+                progressed = False
+                for item in state.drain():
+                    progressed = True
+                    yield item
             if state.finished():
                 return
             for w in self._workers:
@@ -209,7 +220,11 @@ class Engine:
             _, exc, text = message
             if isinstance(exc, VirnucproError):
                 raise exc
-            raise WorkerFailed(f"the worker for {w.device} failed: {exc!r}\n{text}")
+            log.debug("worker %s traceback:\n%s", w.device, text)
+            where = f" on shard {w.running}" if w.running is not None else ""
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            raise WorkerFailed(f"the worker for {w.device} failed{where}: {type(exc).__name__}: "
+                               f"{first_line} (run with -v for the traceback)")
         else:
             raise AssertionError(f"unexpected worker message {kind!r}")
 
@@ -218,8 +233,11 @@ class Engine:
             self._died_loading(w)  # restarting would only die again
         w.process.join(STOP_GRACE_S)
         code = w.process.exitcode
-        if w.running is not None and w.running in w.jobs:
-            label = state.strike(w.running)
+        # The job it was running; before its first "started", the one it was preparing (else a
+        # shard that kills its worker while being prepared would restart it forever).
+        suspect = w.running if w.running in w.jobs else (w.jobs[0] if w.jobs else None)
+        if suspect is not None:
+            label = state.strike(suspect)
             if label is not None:
                 raise WorkerFailed(
                     f"{label} killed its worker twice (last on {w.device}, exit code {code}); "
