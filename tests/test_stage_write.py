@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from virnucpro.stages.write import (
     HIGHEST_NAME,
     RESULTS_NAME,
     ResultWriter,
+    new_temp_path,
     write_chunks_fasta,
     write_frames_fasta,
 )
@@ -177,3 +181,63 @@ def test_mismatched_score_lengths(tmp_path: Path) -> None:
         with ResultWriter(tmp_path) as writer:
             writer.add(["a_chunk_1F1"], _f32(0.1, 0.2), _f32(0.9))
     assert list(tmp_path.iterdir()) == []
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+from virnucpro.stages.write import ResultWriter
+writer = ResultWriter(sys.argv[1], spill_rows=1)
+writer.add(["a_chunk_1F1", "b_chunk_1F1", "c_chunk_1F1"], np.zeros(3, np.float32), np.ones(3, np.float32))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_killed_runs_spill_files_are_removed_by_the_next_runs_cleanup(tmp_path: Path) -> None:
+    """A run killed mid-way leaves its spill runs and result temporaries; they carry its pid,
+    so the next run's clean-up removes them, and keeps those of a run still alive (this one)."""
+    from virnucpro.pipeline import remove_stale_temporaries
+
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert any(name.startswith(".highestscore-run.") for name in left), left
+    assert all(name.endswith(".tmp") for name in left), left
+    with ResultWriter(tmp_path, spill_rows=1) as writer:
+        writer.add(["d_chunk_1F1", "e_chunk_1F1"], _f32(1, 0), _f32(0, 1))
+        ours = [p.name for p in tmp_path.iterdir()
+                if p.name.startswith(".highestscore-run.") and p.name not in left]
+        assert ours and all(f".{os.getpid()}." in name for name in ours)
+        before = {p.name for p in tmp_path.iterdir()}
+        remove_stale_temporaries(tmp_path)
+        assert {p.name for p in tmp_path.iterdir()} == before - set(left)  # the killed run's only
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([RESULTS_NAME, HIGHEST_NAME])
+
+
+def test_temporary_names_hold_the_pid_as_their_only_number(tmp_path: Path, monkeypatch) -> None:
+    """A random part of all digits would read as a pid to the clean-up."""
+    import secrets
+
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "1" * (2 * n))
+    for name in ("highestscore-run", RESULTS_NAME):
+        path = new_temp_path(tmp_path, name)
+        assert [part for part in path.name.split(".") if part.isdigit()] == [str(os.getpid())]
+
+
+def test_crash_between_the_two_renames_leaves_no_mismatched_pair(tmp_path: Path, monkeypatch) -> None:
+    """An earlier run's pair; this run dies after its results are in place but before its
+    table is: the folder must not hold new results beside the old table."""
+    (tmp_path / RESULTS_NAME).write_text("earlier results\n")
+    (tmp_path / HIGHEST_NAME).write_text("earlier table\n")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == HIGHEST_NAME:
+            raise OSError(5, "Input/output error")  # the crash, as far as the files can tell
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError), ResultWriter(tmp_path) as writer:
+        writer.add(["a_chunk_1F1"], _f32(0.25), _f32(0.75))
+    assert (tmp_path / RESULTS_NAME).read_text().startswith("Sequence_ID")
+    assert not (tmp_path / HIGHEST_NAME).exists()

@@ -70,8 +70,14 @@ class RunConfig:
             return Path(f"{self.prefix}{suffix}")
         return self.out_dir / f"{Path(self.prefix).name}{suffix}"
 
-    def fingerprint(self, model_identity: dict[str, str], input_identity: str, dtype: str) -> str:
-        """Hash of everything that determines the results: resuming needs an exact match."""
+    def fingerprint(self, model_identity: dict[str, str], input_identity: str, dtype: str,
+                    legacy_files: list[str] | None = None) -> str:
+        """Hash of everything that determines the results: resuming needs an exact match.
+
+        `legacy_files`: identities of the original VirNucPro's files whose embeddings the run
+        may reuse (legacy.legacy_identity), so that a resumed run never mixes shards computed
+        with other (or without) such files. None (no such files) leaves the hash as it was.
+        """
         payload = {
             "input": input_identity,
             "chunk_len": self.chunk_len,
@@ -80,6 +86,8 @@ class RunConfig:
             "shard_tokens": self.shard_tokens,
             "models": model_identity,
         }
+        if legacy_files is not None:
+            payload["legacy_files"] = list(legacy_files)
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

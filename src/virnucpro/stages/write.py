@@ -16,7 +16,6 @@ from __future__ import annotations
 import heapq
 import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence
 
@@ -81,6 +80,20 @@ def _as_scores(values, n: int, name: str) -> np.ndarray:
     return scores
 
 
+def new_temp_path(folder: Path, name: str) -> Path:
+    """A fresh, empty hidden file `.{name}.{pid}.r{random hex}.tmp` in `folder`.
+
+    Every temporary of the result writer is named so: the pid is the name's only all-digit
+    part (the random part starts with a letter), which lets the next run's clean-up of stale
+    temporaries (pipeline.remove_stale_temporaries) remove those of a killed run and keep
+    those of a live one. Created here with mode 'x', so the umask applies (unlike mkstemp's
+    0600) and a final file renamed from it gets the usual permissions.
+    """
+    path = Path(folder) / f".{name}.{os.getpid()}.r{secrets.token_hex(6)}.tmp"
+    path.open("x").close()
+    return path
+
+
 class _ChunkMaxima:
     """Per-chunk (max score1, max score2), with memory bounded by spilling sorted runs.
 
@@ -111,9 +124,9 @@ class _ChunkMaxima:
             self._spill()
 
     def _spill(self) -> None:
-        fd, name = tempfile.mkstemp(dir=self._work_dir, prefix=".highestscore-run.", suffix=".tmp")
-        self._runs.append(Path(name))
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as run:
+        path = new_temp_path(self._work_dir, "highestscore-run")
+        self._runs.append(path)
+        with open(path, "w", encoding="utf-8", newline="\n") as run:
             _write_in_blocks(
                 run, (f"{k}\t{v[0]!r}\t{v[1]!r}\n" for k, v in sorted(self._current.items()))
             )
@@ -157,7 +170,8 @@ class ResultWriter:
     Use as a context manager over the output folder; call `add` in input order. Both files
     are written under temporary names and moved into place (os.replace) only when the block
     ends without an exception; otherwise the temporaries are removed and any earlier result
-    files are left untouched.
+    files are left untouched. (A crash while the two are moved into place leaves at most the
+    table missing, never new results beside an earlier run's table: see close().)
     """
 
     def __init__(self, out_dir: Path, *, spill_rows: int = 1_000_000):
@@ -177,10 +191,7 @@ class ResultWriter:
         self._done = False
 
     def _new_temp(self, final_name: str) -> Path:
-        """A fresh hidden file beside the final one (created here, so the umask applies,
-        unlike mkstemp's 0600, and the final file gets the usual permissions)."""
-        path = self.out_dir / f".{final_name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-        path.open("x").close()
+        path = new_temp_path(self.out_dir, final_name)
         self._temps.append(path)
         return path
 
@@ -218,6 +229,10 @@ class ResultWriter:
                     (f"{key}\t{m2 >= m1}\n" for key, m1, m2 in self._maxima.sorted_maxima()),
                 )
             self._maxima.discard()
+            # The two files must never be a mismatched pair (new results beside an earlier
+            # run's table): the old table goes first, so a crash between the steps below
+            # leaves at most a missing table, which a rerun writes again.
+            (self.out_dir / HIGHEST_NAME).unlink(missing_ok=True)
             os.replace(self._results_tmp, self.out_dir / RESULTS_NAME)
             os.replace(highest_tmp, self.out_dir / HIGHEST_NAME)
             self._temps.clear()
