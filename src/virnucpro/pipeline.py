@@ -30,7 +30,7 @@ from virnucpro.engine.worker import Task
 from virnucpro.errors import InputError, OutputError
 from virnucpro.intermediates import IntermediateFiles
 from virnucpro.frame_task import KnownEmbeddings, ShardWork, make_frame_task
-from virnucpro.legacy import FrameWithKnown, attach_legacy, has_legacy_files
+from virnucpro.legacy import FrameWithKnown, attach_legacy, has_legacy_files, legacy_identity
 from virnucpro.models.load import file_identity
 from virnucpro.monitor import Monitor
 from virnucpro.stages.chunk import iter_chunks
@@ -143,7 +143,9 @@ def _run_in(config: RunConfig, monitor: Monitor, restart: bool, task_factory, de
                 f"DEMO MODE: random stand-in models for {', '.join(info['demo_models'])}; "
                 "predictions are NOT biologically meaningful"
             )
-        fingerprint = config.fingerprint(info["identity"], file_identity(config.input), info["dtype"])
+        # The original run's files, when reused, are part of what the results depend on.
+        fingerprint = config.fingerprint(info["identity"], file_identity(config.input), info["dtype"],
+                                         legacy_identity(config.prefix))
         try:
             store = ShardStore(result_dir, fingerprint, restart=restart)
             remove_stale_temporaries(result_dir)
@@ -171,7 +173,7 @@ def _run_in(config: RunConfig, monitor: Monitor, restart: bool, task_factory, de
                              "original VirNucPro's files")
             if config.save_embeddings:
                 folder = write_embeddings(result_dir, tally.shards, tally.frames, tuple(info["feature_dims"]),
-                                          lambda i: store.load(i, need_embeddings=True))
+                                          store, shard_sizes=tally.shard_sizes)
                 monitor.info(f"embeddings written to {folder}/")
             store.discard()
         except InputError:
@@ -204,6 +206,7 @@ class _Tally:
     shards: int = 0
     resumed: int = 0
     reused_frames: int = 0
+    shard_sizes: list[int] = field(default_factory=list)  # frames per shard, in shard order
     sizes: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # index -> frames, tokens, t0
 
     def started(self, monitor: Monitor) -> Callable[[int, str], None]:
@@ -216,6 +219,7 @@ class _Tally:
 
 def _job(shard: Shard[FrameWithKnown], store: ShardStore, need_embeddings: bool, tally: _Tally) -> Job:
     frames = [frame for frame, _ in shard.items]
+    tally.shard_sizes.append(len(frames))
     ids = [f.id for f in frames]
     label = f"shard {shard.index} (frames {ids[0]} .. {ids[-1]})"
     stored = store.load(shard.index, ids, need_embeddings=need_embeddings) if store.has(shard.index) else None
