@@ -155,3 +155,21 @@ def test_cuda_visible_devices_maps_to_nvml_indices():
     assert nvml_indices(["cuda:0", "cuda:1"], "3,1") == {"cuda:0": 3, "cuda:1": 1}
     assert nvml_indices(["cuda:0"], "GPU-1234abcd") == {}  # UUIDs: not guessed
     assert nvml_indices(["cpu"], None) == {}
+
+
+def test_busy_during_embedding_excludes_loading_and_writing():
+    """Mean busy % over the whole run counts model loading and the final writing; the
+    embedding figure averages only the samples between the first shard start and the last
+    shard done."""
+    from virnucpro.monitor import Event
+    from virnucpro.monitoring.gpu import GpuSample
+    from virnucpro.monitoring.summary import GpuTotals
+
+    totals = GpuTotals()
+    for t, busy in [(0.0, 0.0), (1.0, 0.0), (2.0, 96.0), (3.0, 98.0), (4.0, 100.0), (5.0, 10.0)]:
+        sample = GpuSample("cuda:0", 0, "H200", busy, 1000.0, 143771.0, None)
+        totals.add(Event("gpu_sample", {"samples": [sample]}, time=t))
+    got = totals.as_dict(embedding=(1.5, 4.5))["cuda:0"]
+    assert got["mean_busy_percent"] == round((96 + 98 + 100 + 10) / 6, 1)
+    assert got["mean_busy_percent_embedding"] == 98.0
+    assert totals.as_dict()["cuda:0"]["mean_busy_percent_embedding"] is None

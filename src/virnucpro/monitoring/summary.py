@@ -37,6 +37,7 @@ class GpuTotals:
 
     def __init__(self) -> None:
         self.busy: dict[str, list[float]] = {}
+        self.timed_busy: dict[str, list[tuple[float, float]]] = {}  # device -> (time, busy %)
         self.power: dict[str, list[float]] = {}
         self.peak_mib: dict[str, float] = {}
         self.total_mib: dict[str, float] = {}
@@ -45,23 +46,33 @@ class GpuTotals:
     def add(self, event: Event) -> None:
         for s in event.data["samples"]:
             self.busy.setdefault(s.device, []).append(s.utilization)
+            self.timed_busy.setdefault(s.device, []).append((event.time, s.utilization))
             if s.power_w is not None:
                 self.power.setdefault(s.device, []).append(s.power_w)
             self.peak_mib[s.device] = max(self.peak_mib.get(s.device, 0.0), s.memory_used_mib)
             self.total_mib[s.device] = s.memory_total_mib
             self.names[s.device] = s.name
 
-    def as_dict(self) -> dict[str, dict]:
+    def as_dict(self, embedding: tuple[float, float] | None = None) -> dict[str, dict]:
+        """embedding: (first shard started, last shard done); model loading and the final
+        writing then stay out of `mean_busy_percent_embedding`."""
         return {
             device: {
                 "name": self.names[device], "samples": len(busy),
                 "mean_busy_percent": round(statistics.fmean(busy), 1),
+                "mean_busy_percent_embedding": self._window_mean(device, embedding),
                 "peak_memory_mib": round(self.peak_mib[device], 1),
                 "memory_total_mib": round(self.total_mib[device], 1),
                 "mean_power_w": round(statistics.fmean(self.power[device]), 1) if device in self.power else None,
             }
             for device, busy in sorted(self.busy.items())
         }
+
+    def _window_mean(self, device: str, window: tuple[float, float] | None) -> float | None:
+        if window is None:
+            return None
+        inside = [b for t, b in self.timed_busy.get(device, []) if window[0] <= t <= window[1]]
+        return round(statistics.fmean(inside), 1) if inside else None
 
 
 class RunRecorder:
@@ -78,6 +89,8 @@ class RunRecorder:
         self.frames = self.tokens = 0
         self.gpu = GpuTotals()
         self.summary: dict | None = None
+        self._embedding_start = 0.0  # first shard started
+        self._embedding_end = 0.0  # last shard done
 
     def __call__(self, event: Event) -> None:
         d = event.data
@@ -88,14 +101,22 @@ class RunRecorder:
         elif event.kind == "input_progress":
             # CPU time of reading, chunking and translating; it overlaps the predict stage
             self.stages["read, chunk, translate (within predict)"] = d["seconds"]
+        elif event.kind == "shard_started":
+            self._embedding_start = self._embedding_start or event.time
         elif event.kind == "shard_done":
             self.frames += d["frames"]
             self.tokens += d["tokens"]
+            self._embedding_end = event.time
         elif event.kind == "gpu_sample":
             self.gpu.add(event)
         elif event.kind == "run_finished":
             self.stages["predict and write"] = event.time - self._start_time
             self._finish(d)
+
+    def _embedding_window(self) -> tuple[float, float] | None:
+        if self._embedding_start and self._embedding_end > self._embedding_start:
+            return self._embedding_start, self._embedding_end
+        return None
 
     def build(self, finished: dict) -> dict:
         import torch
@@ -118,7 +139,7 @@ class RunRecorder:
             "frames": self.frames,
             "tokens": self.tokens,
             "throughput_per_device": self._watch.summary(),
-            "gpu": self.gpu.as_dict(),
+            "gpu": self.gpu.as_dict(self._embedding_window()),
             "warnings": list(self._monitor.warnings),
         }
 
@@ -150,8 +171,12 @@ def human_summary(summary: dict) -> list[str]:
     lines.append(f"summary: stages: {stages}")
     for device, t in summary["throughput_per_device"].items():
         gpu = summary["gpu"].get(device)
-        extra = (f", GPU busy {gpu['mean_busy_percent']:.0f}%, peak memory "
-                 f"{gpu['peak_memory_mib'] / 1024:.1f} GiB") if gpu else ""
+        busy = ""
+        if gpu:
+            during = gpu["mean_busy_percent_embedding"]
+            busy = (f", GPU busy {during:.0f}% while embedding ({gpu['mean_busy_percent']:.0f}% overall)"
+                    if during is not None else f", GPU busy {gpu['mean_busy_percent']:.0f}%")
+        extra = f"{busy}, peak memory {gpu['peak_memory_mib'] / 1024:.1f} GiB" if gpu else ""
         lines.append(f"summary: {device}: {t['frames_per_s']:,.0f} frames/s, "
                      f"{t['tokens_per_s']:,.0f} tokens/s{extra}")
     if summary["warnings"]:
