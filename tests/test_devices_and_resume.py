@@ -95,7 +95,7 @@ def test_damaged_checkpoint_shards_are_recomputed(tmp_path, reference):
     shards[0].write_bytes(shards[0].read_bytes()[:100])  # truncated
     shards[1].write_bytes(b"")  # empty
     np.savez(shards[2], ids=np.asarray(["other"]), score1=np.zeros(1, np.float32),
-             score2=np.zeros(1, np.float32), is_virus=np.zeros(1, bool))  # ids of another input
+             score2=np.zeros(1, np.float32))  # ids of another input
     (store / ".shard_000009.npz.abc.tmp").write_bytes(b"half")  # a write cut short
     outcome = pipeline.run(config, Monitor())
     assert outcome.resumed_shards == len(shards) - 3

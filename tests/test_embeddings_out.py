@@ -19,7 +19,7 @@ SHARDS = [["a_chunk_1F1", "a_chunk_1R2"], ["b_chunk_1F1"], ["c_chunk_1F2", "c_ch
 def shard(index: int, ids: list[str]) -> ShardResult:
     n = len(ids)
     s1 = np.full(n, 0.25, np.float32)
-    return ShardResult(index, ids, s1, 1 - s1, np.ones(n, bool),
+    return ShardResult(index, ids, s1, 1 - s1,
                        np.full((n, DIMS[0]), index, np.float32), np.full((n, DIMS[1]), -index, np.float32))
 
 

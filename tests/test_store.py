@@ -8,7 +8,7 @@ from virnucpro.store import STORE_DIRNAME, ShardResult, ShardStore
 def result(index, n=3):
     rng = np.random.default_rng(index)
     s1 = rng.random(n, dtype=np.float32)
-    return ShardResult(index, [f"r{index}_{i}" for i in range(n)], s1, 1 - s1, (1 - s1) > s1)
+    return ShardResult(index, [f"r{index}_{i}" for i in range(n)], s1, 1 - s1)
 
 
 def test_save_load_roundtrip(tmp_path):

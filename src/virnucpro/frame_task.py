@@ -62,7 +62,7 @@ class FrameTask:
             p = self.predictor.run(prepared.encoders, self.keep_embeddings)
         else:
             p = self.predictor.classify_embeddings(*self._all_embeddings(prepared), self.keep_embeddings)
-        return ShardResult(work.index, [f.id for f in work.frames], p.score1, p.score2, p.is_virus,
+        return ShardResult(work.index, [f.id for f in work.frames], p.score1, p.score2,
                            p.dna_embeddings, p.protein_embeddings)
 
     def _all_embeddings(self, prepared: _Prepared) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
 Layout (`{result_dir}/.virnucpro_store/`):
   manifest.json          format version, fingerprint of input + parameters + models
-  shard_000000.npz       ids, score1, score2, is_virus (+ embeddings when asked)
+  shard_000000.npz       ids, score1, score2 (+ embeddings when asked)
 
 A shard file appears only through os.replace of a fully written, fsynced temporary, so a
 crash at any moment leaves either the whole shard or none of it: the rename IS the done
@@ -40,13 +40,12 @@ class ShardResult:
     ids: list[str]
     score1: np.ndarray  # float32
     score2: np.ndarray  # float32
-    is_virus: np.ndarray  # bool
     dna_embeddings: np.ndarray | None = None
     protein_embeddings: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        assert self.score1.shape == (n,) and self.score2.shape == (n,) and self.is_virus.shape == (n,)
+        assert self.score1.shape == (n,) and self.score2.shape == (n,)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,7 +120,6 @@ class ShardStore:
             "ids": np.asarray(result.ids, dtype=np.str_),
             "score1": result.score1.astype(np.float32, copy=False),
             "score2": result.score2.astype(np.float32, copy=False),
-            "is_virus": result.is_virus.astype(bool, copy=False),
         }
         if result.dna_embeddings is not None:
             arrays["dna_embeddings"] = result.dna_embeddings
@@ -141,7 +139,7 @@ class ShardStore:
             with np.load(path, allow_pickle=False) as data:
                 ids = data["ids"].tolist()
                 result = ShardResult(
-                    index, ids, data["score1"], data["score2"], data["is_virus"],
+                    index, ids, data["score1"], data["score2"],
                     data["dna_embeddings"] if "dna_embeddings" in data else None,
                     data["protein_embeddings"] if "protein_embeddings" in data else None,
                 )

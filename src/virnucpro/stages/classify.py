@@ -31,7 +31,6 @@ class FramePredictions:
 
     score1: np.ndarray  # P(others)
     score2: np.ndarray  # P(virus)
-    is_virus: np.ndarray  # argmax of the logits' softmax, ties -> others
     dna_embeddings: np.ndarray | None = None
     protein_embeddings: np.ndarray | None = None
 
@@ -107,7 +106,7 @@ class FramePredictor:
         """Device-side work: both encoders, concatenation, classifier; one copy back."""
         if prepared.count == 0:
             empty = np.zeros(0, dtype=np.float32)
-            return FramePredictions(empty, empty.copy(), np.zeros(0, dtype=bool))
+            return FramePredictions(empty, empty.copy())
         dna = self._pool_all(self._pool_dna, prepared.dna, prepared.count)
         protein = self._pool_all(self._pool_protein, prepared.protein, prepared.count)
         finite = torch.isfinite(dna).all()  # checked once per shard, with the results' copy
@@ -134,7 +133,6 @@ class FramePredictor:
         return FramePredictions(
             score1=score1,
             score2=score2,
-            is_virus=score2 > score1,
             dna_embeddings=dna.cpu().numpy() if keep_embeddings else None,
             protein_embeddings=protein.cpu().numpy() if keep_embeddings else None,
         )
