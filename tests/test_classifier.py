@@ -9,8 +9,6 @@ any code from the pickle.
 
 from __future__ import annotations
 
-import os
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -20,6 +18,7 @@ import pytest
 import torch
 
 from classifier_factory import save_released_classifier
+from malicious_pickles import PAYLOADS, WRITERS, write_pickle
 from virnucpro.errors import ModelError
 from virnucpro.models.classifier import MLPClassifier, class_probabilities
 from virnucpro.models.classifier_loader import default_classifier_path, load_classifier
@@ -112,35 +111,13 @@ def test_corrupt_and_wrong_files(tmp_path: Path) -> None:
             load_classifier(tmp_path / name)
 
 
-class _CreatesFile:
-    """If plain torch.load ever unpickled this, it would create `target`."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = str(target)
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
-class _RunsShell:
-    def __init__(self, target: Path) -> None:
-        self.target = str(target)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.target}",))
-
-
-@pytest.mark.parametrize("payload", [_CreatesFile, _RunsShell])
-@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("writer", WRITERS)
 def test_malicious_pickle_is_refused(tmp_path: Path, payload: type, writer: str) -> None:
     target = tmp_path / "pwned"
     content = {**MLPClassifier(8, 4, 2).state_dict(), "extra": payload(target)}
     path = tmp_path / "500_model.pth"
-    with open(path, "wb") as handle:
-        if writer == "torch.save":
-            torch.save(content, handle)
-        else:
-            pickle.dump(content, handle)
+    write_pickle(path, content, writer)
     with pytest.raises(ModelError, match=r"500_model\.pth"):
         load_classifier(path)
     assert not target.exists()

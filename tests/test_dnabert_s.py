@@ -14,13 +14,12 @@ pooled vector by ~1 (measured 0.96 and 1.07); the test demands > 100x the tolera
 from __future__ import annotations
 
 import json
-import os
-import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
+from malicious_pickles import PAYLOADS, WRITERS, write_pickle
 from dnabert_factory import make_dnabert_folder, read_folder, real_tokenizer_path, shared_file
 from dnabert_reference import reference_embedding, reference_hidden, reference_slopes
 from virnucpro.errors import ModelError
@@ -269,36 +268,14 @@ def test_config_without_a_required_field(tmp_path: Path) -> None:
         load_dnabert_s(folder)
 
 
-class _CreatesFile:
-    """A pickle payload that, if ever unpickled by plain torch.load, creates a file."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = str(target)
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
-class _RunsShell:
-    def __init__(self, target: Path) -> None:
-        self.target = str(target)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.target}",))
-
-
-@pytest.mark.parametrize("payload", [_CreatesFile, _RunsShell])
-@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("writer", WRITERS)
 def test_malicious_weights_are_refused(tmp_path: Path, payload: type, writer: str) -> None:
     folder = make_dnabert_folder(tmp_path / "m")
     target = tmp_path / "pwned"
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     state["pooler.dense.bias"] = payload(target)
-    with open(folder / "pytorch_model.bin", "wb") as handle:
-        if writer == "torch.save":
-            torch.save(state, handle)
-        else:
-            pickle.dump(state, handle)
+    write_pickle(folder / "pytorch_model.bin", state, writer)
     with pytest.raises(ModelError, match=r"pytorch_model\.bin"):
         load_dnabert_s(folder)
     assert not target.exists()

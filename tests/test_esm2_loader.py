@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from esm_factory import load_with_fair_esm, make_fair_esm_model, save_fair_esm_checkpoint
+from malicious_pickles import CreatesFile
 from virnucpro.errors import ModelError
 from virnucpro.models.esm2_loader import ESM2_3B_NAME, default_esm2_path, load_esm2
 from virnucpro.models.protein_alphabet import encode_proteins
@@ -264,21 +265,11 @@ def test_config_disagrees_with_weights(tmp_path, checkpoint):
         load_esm2(path)
 
 
-class _CreatesAFile:
-    """Unpickling this calls open(target, "w"): a stand-in for arbitrary code in a model file."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = str(target)
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 def test_malicious_pickle_is_refused_without_running(tmp_path, checkpoint):
     target = tmp_path / "pwned.txt"
     state = _fair_esm_state(checkpoint)
     path = tmp_path / f"{ESM2_3B_NAME}.pt"
-    torch.save({"model": state, "cfg": {"model": None}, "args": _CreatesAFile(target)}, path)
+    torch.save({"model": state, "cfg": {"model": None}, "args": CreatesFile(target)}, path)
     assert not target.exists()
     with pytest.raises(ModelError, match="refused"):
         load_esm2(path)
