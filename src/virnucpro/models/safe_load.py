@@ -101,5 +101,8 @@ def safe_torch_load(
                 allow_config_objects=allow_config_objects, mmap=False,
             )
         raise ModelError(f"{what} {path} is not a readable PyTorch file: {exc}") from None
-    except (EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{what} {path} is not a readable PyTorch file: {exc}") from None
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError) as exc:
+        # Arbitrary bytes read as a legacy (non-zip) torch pickle fail inside the unpickler
+        # with IndexError / KeyError as often as with the errors above.
+        raise ModelError(f"{what} {path} is not a readable PyTorch file: "
+                         f"{type(exc).__name__}: {exc}") from None
