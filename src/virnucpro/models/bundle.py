@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from virnucpro.errors import ModelError
-
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.models.dna_tokenizer import DnaTokenizer
 from virnucpro.models.dnabert_s import DNABertS
@@ -26,9 +23,7 @@ class ModelBundle:
 
     def feature_dims(self) -> tuple[int, int]:
         """(DNABERT-S width, ESM-2 width); their sum must be the classifier's input."""
-        dna = self.dnabert.embeddings.word_embeddings.weight.shape[1]
-        esm = self.esm.embed_tokens.weight.shape[1]
-        return int(dna), int(esm)
+        return self.dnabert.hidden, self.esm.embed_dim
 
     def check_compatible(self) -> None:
         dna, esm = self.feature_dims()
@@ -38,10 +33,3 @@ class ModelBundle:
                 f"the classifier expects {expected} features but DNABERT-S ({dna}) + ESM-2 ({esm}) "
                 f"give {dna + esm}: the classifier was trained for other embedding models"
             )
-
-    def share_memory(self) -> None:
-        """Let spawned workers map the CPU weights instead of copying them."""
-        for module in (self.esm, self.dnabert, self.classifier):
-            for t in list(module.parameters()) + list(module.buffers()):
-                if t.device == torch.device("cpu"):
-                    t.share_memory_()

@@ -100,9 +100,7 @@ def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelBundl
         identity["dnabert"] = folder_identity(folder)
 
     if paths.classifier is None and use_demo:
-        dna_dim = dnabert.embeddings.word_embeddings.weight.shape[1]
-        esm_dim = esm.embed_tokens.weight.shape[1]
-        classifier = demo.demo_classifier(int(dna_dim + esm_dim))
+        classifier = demo.demo_classifier(dnabert.hidden + esm.embed_dim)
         identity["classifier"] = "demo"
         demo_models.append("classifier")
     else:
