@@ -1,21 +1,34 @@
 """Multi-device scaling: the same input end to end (CLI pipeline: read, shard, schedule,
-checkpoint, write) on 1 device, then on N, in the same process run.
+checkpoint, write, with the CLI's monitoring attached) on 1 device, then on N, in one run.
 
     # on a 2-GPU machine, full-size random-weight models (same FLOPs as the real ones):
-    python benchmarks/bench_scaling.py --devices cuda:0,cuda:1 --bases 3000000 --out benchmarks/bench_scaling.json
+    python benchmarks/bench_scaling.py --devices cuda:0,cuda:1 --bases 45000000 \
+        --out scaling.json --artifacts scaling_runs
     # CPU smoke test, tiny demo models:
     python benchmarks/bench_scaling.py --tiny --devices cpu,cpu --bases 60000
 
-Reports wall seconds, frames/s, speed-up over one device, and per-GPU busy % (NVML,
-sampled every 50 ms) for every run. Each worker builds its own models on its device (the
-task factory below is handed to the engine, as the CLI hands in the real one), so model
-loading is excluded from the timed part only as far as it is in the CLI: we report both.
+Reports for each run: wall seconds (start of `pipeline.run` to its return: model build,
+compile, all shards, result files), frames/s, tokens/s, start-up (until every device has
+finished its first shard), steady-state frames/s (after that), per-device frames and tokens,
+per-GPU busy % (NVML every 50 ms, over the whole run and over the embedding window), the
+share of the bf16 matmul rate measured in the same process, and peak memory; then the
+speed-up of N devices over one and whether the result files are byte-identical.
+
+A short untimed warm-up run on the first device goes first, so both timed runs find
+torch.compile's on-disk cache in the same (warm) state, as every run after a machine's first
+does; without it the second timed run would inherit the first one's cache. Its wall time is
+reported too (`--no-warm-up` to skip it).
+
+Each worker builds its own full-size models on its device (the task factory below is
+handed to the engine as the CLI hands in the real one); loading real weights from disk is
+not part of this benchmark (`check_full_size_cli.py` does that through the CLI).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_engine  # noqa: E402  (full-size random models, NVML busy sampler)
+import bench_engine  # noqa: E402  (full-size random models, NVML busy sampler, matmul rate)
 import bench_stages  # noqa: E402  (workloads cut from real genomes)
 
 from virnucpro import pipeline  # noqa: E402
@@ -33,7 +46,13 @@ from virnucpro.engine.devices import resolve_dtype  # noqa: E402
 from virnucpro.frame_task import FrameTask, make_frame_task  # noqa: E402
 from virnucpro.models.dna_tokenizer import DnaTokenizer  # noqa: E402
 from virnucpro.monitor import Monitor  # noqa: E402
+from virnucpro.monitoring import MonitorOptions, attach  # noqa: E402
 from virnucpro.stages.classify import FramePredictor  # noqa: E402
+
+MONITOR_FILES = ("gpu_metrics.jsonl", "run_summary.json", "report.html")
+# ESM-2 3B forward GEMM FLOPs per token (24 D^2 per layer); attention's 4 T D adds ~0.3 % at
+# 49 aa and is left out, so the share below slightly understates the real one.
+ESM_GEMM_FLOPS_PER_TOKEN = bench_engine.ESM_3B["num_layers"] * 24 * bench_engine.ESM_3B["embed_dim"] ** 2
 
 
 def full_size_task(config: RunConfig, device: torch.device) -> FrameTask:
@@ -49,66 +68,160 @@ def full_size_task(config: RunConfig, device: torch.device) -> FrameTask:
     return FrameTask(predictor, False, info)
 
 
-def one_run(sample: Path, devices: str, tiny: bool, shard_tokens: int, work: Path) -> dict:
+class RunClock:
+    """Subscriber: when each shard started and finished, on which device, with how much work."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[float, str, int, int]] = []  # (time, device, frames, tokens)
+        self.first_started: float | None = None
+        self.load_models_s: float | None = None
+
+    def __call__(self, event) -> None:
+        if event.kind == "shard_done":
+            self.done.append((time.perf_counter(), event.data["device"], event.data["frames"],
+                              event.data["tokens"]))
+        elif event.kind == "shard_started" and self.first_started is None:
+            self.first_started = time.perf_counter()
+        elif event.kind == "stage_done" and event.data["name"] == "load models":
+            self.load_models_s = event.data["seconds"]
+
+    def per_device(self, embed_seconds: float) -> dict:
+        out: dict[str, dict] = {}
+        for _, device, frames, tokens in self.done:
+            d = out.setdefault(device, {"shards": 0, "frames": 0, "tokens": 0})
+            d["shards"] += 1
+            d["frames"] += frames
+            d["tokens"] += tokens
+        for d in out.values():
+            d["tokens_per_s_embedding"] = round(d["tokens"] / embed_seconds)
+        return out
+
+    def steady(self) -> tuple[float | None, float | None, float | None]:
+        """(start-up seconds, steady frames/s, steady tokens/s): once every device has finished
+        its first shard (models built, kernels compiled) -- what a long run sees, since start-up
+        is paid once per worker, not per shard."""
+        first: dict[str, float] = {}
+        for t, device, _, _ in self.done:
+            first.setdefault(device, t)
+        if not first:
+            return None, None, None
+        start = max(first.values())
+        later = [(t, f, k) for t, _, f, k in self.done if t > start]
+        if len(later) < 2:
+            return start, None, None
+        span = later[-1][0] - start
+        return start, round(sum(f for _, f, _ in later) / span, 1), round(sum(k for _, _, k in later) / span)
+
+
+def one_run(sample: Path, devices: str, args, work: Path, matmul_tflops: float | None) -> dict:
     out = work / f"out_{devices.replace(',', '_').replace(':', '')}"
-    config = RunConfig(input=sample, chunk_len=300, out_dir=out, devices=devices, demo=tiny,
-                       shard_tokens=shard_tokens)
+    config = RunConfig(input=sample, chunk_len=300, out_dir=out, devices=devices, demo=args.tiny,
+                       shard_tokens=args.shard_tokens)
     gpus = [int(d.split(":")[1]) for d in devices.split(",") if d.startswith("cuda:")]
     samplers = [bench_engine.BusySampler(i) for i in gpus]
+    monitor, clock = Monitor(), RunClock()
+    monitor.subscribe(clock)
+    session = attach(monitor, MonitorOptions(interval=args.monitor_interval, progress="off", report_sequences=3))
     for s in samplers:
         s.__enter__()
-    monitor, done = Monitor(), []
-    monitor.subscribe(lambda e: done.append((time.perf_counter(), e.data["device"], e.data["frames"]))
-                      if e.kind == "shard_done" else None)
     t0 = time.perf_counter()
-    outcome = pipeline.run(config, monitor, restart=True,
-                           task_factory=make_frame_task if tiny else full_size_task)
-    wall = time.perf_counter() - t0
-    for s in samplers:
-        s.__exit__(None, None, None)
-    return {"devices": devices, "frames": outcome.frames, "shards": outcome.shards, "wall_s": round(wall, 2),
-            "frames_per_s": round(outcome.frames / wall, 1),
-            "steady_frames_per_s": steady_rate(done),
-            "busy_percent": {f"cuda:{i}": s.mean for i, s in zip(gpus, samplers)},
-            "results": (out / "prediction_results.txt").read_bytes()}
+    try:
+        outcome = pipeline.run(config, monitor, restart=True,
+                               task_factory=make_frame_task if args.tiny else full_size_task)
+    finally:
+        wall = time.perf_counter() - t0
+        for s in samplers:
+            s.__exit__(None, None, None)
+        session.close()
+    startup_end, steady_fps, steady_tps = clock.steady()
+    embed_s = clock.done[-1][0] - clock.first_started
+    tokens = sum(k for _, _, _, k in clock.done)
+    summary = json.loads((out / "run_summary.json").read_text())
+    result = {
+        "devices": devices, "frames": outcome.frames, "tokens": tokens, "shards": outcome.shards,
+        "wall_s": round(wall, 2), "frames_per_s": round(outcome.frames / wall, 1),
+        "tokens_per_s": round(tokens / wall),
+        "load_models_s": round(clock.load_models_s, 2) if clock.load_models_s is not None else None,
+        "startup_s": round(startup_end - t0, 2) if startup_end else None,
+        "embedding_window_s": round(embed_s, 2),
+        "steady_frames_per_s": steady_fps, "steady_tokens_per_s": steady_tps,
+        "per_device": clock.per_device(embed_s),
+        "busy_percent_nvml_50ms": {f"cuda:{i}": s.mean for i, s in zip(gpus, samplers)},
+        "run_summary_gpu": summary["gpu"],
+        "run_summary_throughput": summary["throughput_per_device"],
+    }
+    if matmul_tflops:
+        # per GPU: the steady tokens/s of all devices shared out evenly
+        per_gpu = steady_tps / len(gpus) if steady_tps else None
+        result["steady_matmul_share_per_gpu"] = (round(per_gpu * ESM_GEMM_FLOPS_PER_TOKEN / 1e12 / matmul_tflops, 3)
+                                                 if per_gpu else None)
+    if args.artifacts:
+        keep = args.artifacts / out.name
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in MONITOR_FILES:
+            if (out / name).is_file():
+                shutil.copy2(out / name, keep / name)
+    result["results_bytes"] = (out / "prediction_results.txt").read_bytes()
+    result["highest_results_bytes"] = (out / "prediction_results_highestscore.csv").read_bytes()
+    return result
 
 
-def steady_rate(done: list[tuple[float, str, int]]) -> float | None:
-    """Frames/s once every device has finished its first shard (models built, kernels compiled):
-    what a long run sees, since start-up is paid once per worker, not per shard."""
-    first: dict[str, float] = {}
-    for t, device, _ in done:
-        first.setdefault(device, t)
-    start = max(first.values(), default=None)
-    later = [(t, frames) for t, _, frames in done if t > start] if start is not None else []
-    if len(later) < 2:
-        return None
-    return round(sum(f for _, f in later) / (later[-1][0] - start), 1)
+def compare(runs: list[dict]) -> dict:
+    one, many = runs
+    same = (one.pop("results_bytes") == many.pop("results_bytes")
+            and one.pop("highest_results_bytes") == many.pop("highest_results_bytes"))
+    return {"speedup": round(one["wall_s"] / many["wall_s"], 3),
+            "steady_speedup": (round(many["steady_frames_per_s"] / one["steady_frames_per_s"], 3)
+                               if one["steady_frames_per_s"] and many["steady_frames_per_s"] else None),
+            "outputs_identical": same}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", required=True, help="the N devices, e.g. cuda:0,cuda:1 or cpu,cpu")
-    ap.add_argument("--bases", type=int, default=3_000_000, help="input size in bases (150 bp reads)")
+    ap.add_argument("--bases", type=int, default=45_000_000, help="input size in bases (150 bp reads)")
     ap.add_argument("--shard-tokens", type=int, default=200_000)
+    ap.add_argument("--monitor-interval", type=float, default=2.0, help="seconds between NVML samples in the run")
     ap.add_argument("--tiny", action="store_true", help="tiny demo models (CPU smoke test)")
-    ap.add_argument("--out", type=Path, help="write the results here as JSON")
+    ap.add_argument("--no-warm-up", action="store_true")
+    ap.add_argument("--out", type=Path, help="write the results here as JSON (after each run)")
+    ap.add_argument("--artifacts", type=Path, help="copy each run's gpu_metrics.jsonl, run_summary.json, report.html here")
     args = ap.parse_args()
+    gpu = torch.cuda.is_available() and not args.tiny
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+                    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+                    "input_bases": args.bases, "tiny_models": args.tiny, "shard_tokens": args.shard_tokens}
+    rate = bench_engine.matmul_rate() if gpu else None
+    report["matmul_bf16_tflops"] = round(rate, 1) if rate else None
+
+    def save() -> None:
+        clean = {**report, "runs": [{k: v for k, v in r.items() if not k.endswith("bytes")} for r in report.get("runs", [])]}
+        print(json.dumps(clean, indent=1), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(clean, indent=1) + "\n")
+
+    first = args.devices.split(",")[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if not args.no_warm_up:
+            warm = work / "warm"
+            warm.mkdir()
+            bench_stages.write_workload(warm / "reads.fa", "reads150", min(args.bases, 1_000_000), seed=2)
+            t0 = time.perf_counter()
+            pipeline.run(RunConfig(input=warm / "reads.fa", chunk_len=300, out_dir=warm / "out", devices=first,
+                                   demo=args.tiny, shard_tokens=args.shard_tokens), Monitor(), restart=True,
+                         task_factory=make_frame_task if args.tiny else full_size_task)
+            report["warm_up_s"] = round(time.perf_counter() - t0, 1)
         sample = work / "reads.fa"
+        t0 = time.perf_counter()
         bench_stages.write_workload(sample, "reads150", args.bases)
-        runs = [one_run(sample, args.devices.split(",")[0], args.tiny, args.shard_tokens, work),
-                one_run(sample, args.devices, args.tiny, args.shard_tokens, work)]
-    identical = runs[0].pop("results") == runs[1].pop("results")
-    report = {"input_bases": args.bases, "tiny_models": args.tiny, "runs": runs,
-              "speedup": round(runs[0]["wall_s"] / runs[1]["wall_s"], 3),
-              "steady_speedup": (round(runs[1]["steady_frames_per_s"] / runs[0]["steady_frames_per_s"], 3)
-                                 if runs[0]["steady_frames_per_s"] and runs[1]["steady_frames_per_s"] else None),
-              "outputs_identical": identical}
-    print(json.dumps(report, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        report["write_input_s"] = round(time.perf_counter() - t0, 1)
+        report["runs"] = []
+        for devices in (first, args.devices):
+            report["runs"].append(one_run(sample, devices, args, work, rate))
+            save()
+        report.update(compare(report["runs"]))
+    save()
 
 
 if __name__ == "__main__":

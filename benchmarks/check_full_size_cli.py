@@ -1,0 +1,137 @@
+"""`virnucpro predict` as a user runs it, on full-size models read from the real cache places.
+
+    python benchmarks/check_full_size_cli.py --bases 10000000 --out full_size_cli
+    python benchmarks/check_full_size_cli.py --bases 10000000 --out full_size_cli --one-gpu-too
+
+Weights cannot be downloaded here, so this writes full-size models with random weights in the
+released formats, where a user's machine keeps them, and gives the CLI no model paths:
+  - ESM-2 3B (36 x 2560) as fair-esm's esm2_t36_3B_UR50D.pt (fp16 tensors, prefixed keys, an
+    argparse config) in $TORCH_HOME/hub/checkpoints;
+  - DNABERT-S (12 x 768, the real tokenizer) as a Hugging Face snapshot in $HF_HUB_CACHE;
+  - the 300 bp classifier as a whole-module pickle in $VIRNUCPRO_HOME.
+Then it runs `python -m virnucpro predict reads.fa 300 --devices auto` (compile on, the
+default) on a reads workload cut from ../shared/data/genomes, and with --one-gpu-too also
+with `--devices cuda:0`, checking the two result files are byte-identical. The log, the
+run_summary.json, gpu_metrics.jsonl and report.html of each run are copied to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's writers of the released formats
+import bench_engine  # noqa: E402
+import bench_stages  # noqa: E402
+from classifier_factory import save_released_classifier  # noqa: E402
+from dnabert_factory import make_dnabert_folder  # noqa: E402
+
+from virnucpro.models.esm2 import ESM2  # noqa: E402
+
+DNABERT_COMMIT = "0" * 40
+KEEP = ("run_summary.json", "gpu_metrics.jsonl", "report.html")
+
+
+def fair_esm_state(esm: ESM2) -> dict[str, torch.Tensor]:
+    """Our module's weights under fair-esm's names and layout (q, k, v apart; inv_freq as
+    floats), fp16 on the CPU, as the released checkpoint stores them."""
+    state = {}
+    for name, tensor in esm.state_dict().items():
+        if ".qkv_proj." in name:
+            for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
+                state[name.replace("qkv_proj", part)] = piece
+        elif name.endswith("rotary.inv_freq_bits"):
+            state[name.replace("rotary.inv_freq_bits", "rot_emb.inv_freq")] = tensor.view(torch.float32)
+        else:
+            state[name] = tensor
+    return {f"encoder.sentence_encoder.{k}": v.detach().half().cpu() for k, v in state.items()}
+
+
+def write_models(root: Path) -> dict[str, str]:
+    """The three models in their cache places under `root`; returns the environment to use."""
+    env = {"TORCH_HOME": str(root / "torch"), "HF_HOME": str(root / "hf"),
+           "HF_HUB_CACHE": str(root / "hf" / "hub"), "VIRNUCPRO_HOME": str(root / "virnucpro")}
+    checkpoints = root / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    with torch.device("cuda"):
+        esm = bench_engine.randomise(ESM2(**bench_engine.ESM_3B), seed=0)
+    config = Namespace(encoder_layers=36, encoder_embed_dim=2560, encoder_attention_heads=40, token_dropout=True)
+    torch.save({"model": fair_esm_state(esm), "cfg": {"model": config}}, checkpoints / "esm2_t36_3B_UR50D.pt")
+    del esm
+    torch.cuda.empty_cache()
+    repo = root / "hf" / "hub" / "models--zhihan1996--DNABERT-S"
+    make_dnabert_folder(repo / "snapshots" / DNABERT_COMMIT, hidden=768, layers=12, heads=12,
+                        intermediate=3072, seed=1, tokenizer="real")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(DNABERT_COMMIT)
+    save_released_classifier(root / "virnucpro", input_dim=768 + 2560, hidden_dim=512, seed=2,
+                             name="300_model.pth")
+    return env
+
+
+def predict(sample: Path, out: Path, devices: str, env: dict[str, str], keep: Path) -> dict:
+    log_file = keep / "virnucpro.log"
+    keep.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "virnucpro", "predict", str(sample), "300", "-o", str(out),
+           "--devices", devices, "--monitor-interval", "2", "--log-file", str(log_file)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    print(proc.stderr[-4000:], flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
+    for name in KEEP:
+        shutil.copy2(out / name, keep / name)
+    summary = json.loads((out / "run_summary.json").read_text())
+    return {"command": " ".join(cmd[1:]), "devices": devices, "wall_s": round(wall, 1),
+            "frames": summary["frames"], "frames_per_s_end_to_end": round(summary["frames"] / wall, 1),
+            "stage_seconds": summary["stage_seconds"], "throughput_per_device": summary["throughput_per_device"],
+            "gpu": summary["gpu"], "warnings": summary["warnings"], "models": summary["models"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bases", type=int, default=10_000_000)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--one-gpu-too", action="store_true", help="also run on cuda:0 alone and compare the outputs")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("check_full_size_cli needs a CUDA GPU")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+                    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        env = write_models(work / "cache")
+        report["write_models_s"] = round(time.perf_counter() - t0, 1)
+        sample = work / "reads.fa"
+        bench_stages.write_workload(sample, "reads150", args.bases)
+        report["input_bases"] = args.bases
+        runs = {"auto": "auto"} | ({"cuda0": "cuda:0"} if args.one_gpu_too else {})
+        for name, devices in runs.items():
+            report[name] = predict(sample, work / f"out_{name}", devices, env, args.out / name)
+            (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        if args.one_gpu_too:
+            report["outputs_identical"] = all(
+                (work / "out_auto" / f).read_bytes() == (work / "out_cuda0" / f).read_bytes()
+                for f in ("prediction_results.txt", "prediction_results_highestscore.csv"))
+            report["speedup_end_to_end"] = round(report["cuda0"]["wall_s"] / report["auto"]["wall_s"], 3)
+    (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
