@@ -14,10 +14,12 @@ per-GPU busy % (NVML every 50 ms, over the whole run and over the embedding wind
 share of the bf16 matmul rate measured in the same process, and peak memory; then the
 speed-up of N devices over one and whether the result files are byte-identical.
 
-A short untimed warm-up run on the first device goes first, so both timed runs find
-torch.compile's on-disk cache in the same (warm) state, as every run after a machine's first
-does; without it the second timed run would inherit the first one's cache. Its wall time is
-reported too (`--no-warm-up` to skip it).
+Each run is a process of its own, timed from its start to its exit, as a user times
+`virnucpro predict`: interpreter start, imports, CUDA start-up, models and compilation are
+all in it, and nothing compiled or loaded carries over from one run to the next. A short
+warm-up run on the first device goes first, so both timed runs find torch.compile's on-disk
+cache in the same (warm) state, as every run after a machine's first does; without it the
+second timed run would inherit the first one's cache (`--no-warm-up` to skip it).
 
 Each worker builds its own full-size models on its device (the task factory below is
 handed to the engine as the CLI hands in the real one); loading real weights from disk is
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,8 +116,8 @@ class RunClock:
         return start, round(sum(f for _, f, _ in later) / span, 1), round(sum(k for _, _, k in later) / span)
 
 
-def one_run(sample: Path, devices: str, args, work: Path, matmul_tflops: float | None) -> dict:
-    out = work / f"out_{devices.replace(',', '_').replace(':', '')}"
+def one_run(sample: Path, devices: str, args, out: Path) -> dict:
+    """One timed `pipeline.run`, in this process (a fresh one: see main)."""
     config = RunConfig(input=sample, chunk_len=300, out_dir=out, devices=devices, demo=args.tiny,
                        shard_tokens=args.shard_tokens)
     gpus = [int(d.split(":")[1]) for d in devices.split(",") if d.startswith("cuda:")]
@@ -137,10 +140,9 @@ def one_run(sample: Path, devices: str, args, work: Path, matmul_tflops: float |
     embed_s = clock.done[-1][0] - clock.first_started
     tokens = sum(k for _, _, _, k in clock.done)
     summary = json.loads((out / "run_summary.json").read_text())
-    result = {
+    return {
         "devices": devices, "frames": outcome.frames, "tokens": tokens, "shards": outcome.shards,
-        "wall_s": round(wall, 2), "frames_per_s": round(outcome.frames / wall, 1),
-        "tokens_per_s": round(tokens / wall),
+        "pipeline_wall_s": round(wall, 2),
         "load_models_s": round(clock.load_models_s, 2) if clock.load_models_s is not None else None,
         "startup_s": round(startup_end - t0, 2) if startup_end else None,
         "embedding_window_s": round(embed_s, 2),
@@ -150,26 +152,36 @@ def one_run(sample: Path, devices: str, args, work: Path, matmul_tflops: float |
         "run_summary_gpu": summary["gpu"],
         "run_summary_throughput": summary["throughput_per_device"],
     }
-    if matmul_tflops:
-        # per GPU: the steady tokens/s of all devices shared out evenly
-        per_gpu = steady_tps / len(gpus) if steady_tps else None
-        result["steady_matmul_share_per_gpu"] = (round(per_gpu * ESM_GEMM_FLOPS_PER_TOKEN / 1e12 / matmul_tflops, 3)
-                                                 if per_gpu else None)
+
+
+def timed_process(sample: Path, devices: str, args, out: Path) -> dict:
+    """Run one configuration as its own process, as a user runs `virnucpro predict`: the
+    wall time includes interpreter start, imports, CUDA start-up, models and compilation, and
+    nothing (no compiled code in memory, no CUDA context) carries over between runs."""
+    result_file = out.with_suffix(".json")
+    cmd = [sys.executable, __file__, "--single", devices, "--input", str(sample), "--result-dir", str(out),
+           "--shard-tokens", str(args.shard_tokens), "--monitor-interval", str(args.monitor_interval)]
+    cmd += ["--tiny"] if args.tiny else []
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - t0
+    result = json.loads(result_file.read_text())
+    result["wall_s"] = round(wall, 2)
+    result["frames_per_s"] = round(result["frames"] / wall, 1)
+    result["tokens_per_s"] = round(result["tokens"] / wall)
     if args.artifacts:
         keep = args.artifacts / out.name
         keep.mkdir(parents=True, exist_ok=True)
         for name in MONITOR_FILES:
             if (out / name).is_file():
                 shutil.copy2(out / name, keep / name)
-    result["results_bytes"] = (out / "prediction_results.txt").read_bytes()
-    result["highest_results_bytes"] = (out / "prediction_results_highestscore.csv").read_bytes()
     return result
 
 
-def compare(runs: list[dict]) -> dict:
+def compare(runs: list[dict], outs: list[Path]) -> dict:
     one, many = runs
-    same = (one.pop("results_bytes") == many.pop("results_bytes")
-            and one.pop("highest_results_bytes") == many.pop("highest_results_bytes"))
+    same = all((outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+               for name in ("prediction_results.txt", "prediction_results_highestscore.csv"))
     return {"speedup": round(one["wall_s"] / many["wall_s"], 3),
             "steady_speedup": (round(many["steady_frames_per_s"] / one["steady_frames_per_s"], 3)
                                if one["steady_frames_per_s"] and many["steady_frames_per_s"] else None),
@@ -178,7 +190,7 @@ def compare(runs: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--devices", required=True, help="the N devices, e.g. cuda:0,cuda:1 or cpu,cpu")
+    ap.add_argument("--devices", help="the N devices, e.g. cuda:0,cuda:1 or cpu,cpu")
     ap.add_argument("--bases", type=int, default=45_000_000, help="input size in bases (150 bp reads)")
     ap.add_argument("--shard-tokens", type=int, default=200_000)
     ap.add_argument("--monitor-interval", type=float, default=2.0, help="seconds between NVML samples in the run")
@@ -186,41 +198,50 @@ def main() -> None:
     ap.add_argument("--no-warm-up", action="store_true")
     ap.add_argument("--out", type=Path, help="write the results here as JSON (after each run)")
     ap.add_argument("--artifacts", type=Path, help="copy each run's gpu_metrics.jsonl, run_summary.json, report.html here")
+    ap.add_argument("--single", metavar="DEVICES", help=argparse.SUPPRESS)  # one timed run (a child process)
+    ap.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--result-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.single:
+        result = one_run(args.input, args.single, args, args.result_dir)
+        args.result_dir.with_suffix(".json").write_text(json.dumps(result))
+        return
+    if not args.devices:
+        ap.error("--devices is required")
     gpu = torch.cuda.is_available() and not args.tiny
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
                     "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
                     "input_bases": args.bases, "tiny_models": args.tiny, "shard_tokens": args.shard_tokens}
     rate = bench_engine.matmul_rate() if gpu else None
     report["matmul_bf16_tflops"] = round(rate, 1) if rate else None
+    torch.cuda.empty_cache() if gpu else None
 
     def save() -> None:
-        clean = {**report, "runs": [{k: v for k, v in r.items() if not k.endswith("bytes")} for r in report.get("runs", [])]}
-        print(json.dumps(clean, indent=1), flush=True)
+        print(json.dumps(report, indent=1), flush=True)
         if args.out:
-            args.out.write_text(json.dumps(clean, indent=1) + "\n")
+            args.out.write_text(json.dumps(report, indent=1) + "\n")
 
     first = args.devices.split(",")[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.no_warm_up:
-            warm = work / "warm"
-            warm.mkdir()
-            bench_stages.write_workload(warm / "reads.fa", "reads150", min(args.bases, 1_000_000), seed=2)
-            t0 = time.perf_counter()
-            pipeline.run(RunConfig(input=warm / "reads.fa", chunk_len=300, out_dir=warm / "out", devices=first,
-                                   demo=args.tiny, shard_tokens=args.shard_tokens), Monitor(), restart=True,
-                         task_factory=make_frame_task if args.tiny else full_size_task)
-            report["warm_up_s"] = round(time.perf_counter() - t0, 1)
+            bench_stages.write_workload(work / "warm.fa", "reads150", min(args.bases, 300_000), seed=2)
+            report["warm_up"] = timed_process(work / "warm.fa", first, argparse.Namespace(**{**vars(args), "artifacts": None}),
+                                              work / "warm")
         sample = work / "reads.fa"
         t0 = time.perf_counter()
         bench_stages.write_workload(sample, "reads150", args.bases)
         report["write_input_s"] = round(time.perf_counter() - t0, 1)
-        report["runs"] = []
+        report["runs"], outs = [], []
         for devices in (first, args.devices):
-            report["runs"].append(one_run(sample, devices, args, work, rate))
+            outs.append(work / f"out_{devices.replace(',', '_').replace(':', '')}")
+            report["runs"].append(timed_process(sample, devices, args, outs[-1]))
+            if rate and report["runs"][-1]["steady_tokens_per_s"]:
+                run = report["runs"][-1]
+                per_gpu = run["steady_tokens_per_s"] / len(devices.split(","))
+                run["steady_matmul_share_per_gpu"] = round(per_gpu * ESM_GEMM_FLOPS_PER_TOKEN / 1e12 / rate, 3)
             save()
-        report.update(compare(report["runs"]))
+        report.update(compare(report["runs"], outs))
     save()
 
 

@@ -85,3 +85,23 @@ def test_a_job_that_kills_its_worker_while_being_prepared_fails_the_run():
     preparing; without that, the worker was restarted forever."""
     with pytest.raises(WorkerFailed, match=r"^job 0 killed its worker twice"):
         run_all(fault_tasks.times_ten_always_dies_preparing_0, [CPU, CPU], n=6)
+
+
+def test_worker_freezes_its_heap_after_loading_and_after_the_first_job():
+    """Full garbage collections must not rescan the models and compiled code at every job:
+    the worker moves them to the permanent generation (gc.freeze) and restores the
+    collector's thresholds after deferring full collections during the first job."""
+    import gc
+
+    gc.unfreeze()
+    thresholds = gc.get_threshold()
+    try:
+        with Engine(fault_tasks.times_ten, [CPU]) as engine:
+            engine.start()
+            frozen_after_loading = gc.get_freeze_count()
+            out = list(engine.run(jobs(3), on_result=lambda *_: None))
+        assert out == [(i, i * 10) for i in range(3)]
+        assert frozen_after_loading > 0
+        assert gc.get_threshold() == thresholds
+    finally:
+        gc.unfreeze()

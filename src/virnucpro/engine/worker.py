@@ -7,12 +7,19 @@ The engine knows no biology. A task is whatever `factory(device)` builds: it has
 thread-safe) and `run(prepared)` (the device work). The same `serve` loop runs in a
 spawned process (several devices) or in a thread of the parent (one device).
 
+Python's full (generation-2) garbage collections stop the thread that feeds the device, for
+time proportional to every live object -- and loaded models plus torch.compile's graphs are
+about a million of them, so a full collection can idle the device for a large part of a
+second. The worker defers them while the first job runs (that is where compilation happens),
+then freezes the heap it built: later collections only scan what each job allocates.
+
 Messages, worker -> parent: ("ready", info), ("started", index), ("done", index, result),
 ("error", exception, traceback text). Parent -> worker: (index, payload), or None to stop.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import signal
@@ -68,11 +75,40 @@ def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None])
         return index, task.prepare(payload)
 
     pending = _in_background(fetch)
+    first = True
     while (current := pending()) is not None:
         pending = _in_background(fetch)
         index, prepared = current
         send(("started", index))  # lets the parent blame the right job if this process dies
-        send(("done", index, task.run(prepared)))
+        if first:
+            with _full_collections_deferred():
+                result = task.run(prepared)  # compiles its kernels on the first call
+            freeze_heap()
+            first = False
+        else:
+            result = task.run(prepared)
+        send(("done", index, result))
+
+
+class _full_collections_deferred:
+    """Raise the generation-2 threshold for a while (compilation allocates ~1M objects and
+    would otherwise trigger repeated full scans of a growing heap); young generations still
+    collect, and refcounting frees everything acyclic as usual."""
+
+    def __enter__(self) -> None:
+        self._thresholds = gc.get_threshold()
+        gc.set_threshold(self._thresholds[0], self._thresholds[1], 1_000_000)
+
+    def __exit__(self, *exc) -> None:
+        gc.set_threshold(*self._thresholds)
+
+
+def freeze_heap() -> None:
+    """Collect once, then move every surviving object to the permanent generation, which
+    automatic collections never scan (gc.freeze). Objects alive now are the models, the
+    compiled code and the interpreter's own: not garbage, and never going to be."""
+    gc.collect()
+    gc.freeze()
 
 
 def _receive(conn: Connection) -> Any:
@@ -86,6 +122,7 @@ def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Co
     """The worker body, shared by processes and the in-process thread."""
     try:
         task = factory(device)
+        freeze_heap()  # the loaded models: scanned once here instead of at every full collection
         conn.send(("ready", task.info))
         serve(task, lambda: _receive(conn), conn.send)
     except (BrokenPipeError, ConnectionResetError, EOFError):
