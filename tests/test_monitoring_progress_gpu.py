@@ -173,3 +173,36 @@ def test_busy_during_embedding_excludes_loading_and_writing():
     assert got["mean_busy_percent"] == round((96 + 98 + 100 + 10) / 6, 1)
     assert got["mean_busy_percent_embedding"] == 98.0
     assert totals.as_dict()["cuda:0"]["mean_busy_percent_embedding"] is None
+
+
+def test_busy_after_first_shard_excludes_each_devices_own_start_up():
+    """Devices finish their first (compiling) shard at different times; each one's steady
+    figure starts at its own first finished shard, recorded by the run recorder."""
+    from virnucpro.monitor import Monitor
+    from virnucpro.monitoring.gpu import GpuSample
+    from virnucpro.monitoring.summary import RunRecorder
+    from virnucpro.monitoring.workers import WorkerWatch
+
+    monitor = Monitor()
+    recorder = RunRecorder(monitor, WorkerWatch(monitor), report_sequences=None)
+    monitor.subscribe(recorder)
+    events = []  # (time, kind, data)
+    for device, first_done in (("cuda:0", 2.0), ("cuda:1", 4.0)):
+        events.append((0.5, "shard_started", dict(index=0 if device == "cuda:0" else 1, frames=1, tokens=10,
+                                                  device=device)))
+        events.append((first_done, "shard_done", dict(index=0 if device == "cuda:0" else 1, frames=1,
+                                                      tokens=10, seconds=1.0, device=device, resumed=False)))
+    for t in range(1, 9):
+        busy = {"cuda:0": 0.0 if t < 2 else 99.0, "cuda:1": 0.0 if t < 4 else 97.0}
+        events.append((float(t), "gpu_sample", dict(samples=[
+            GpuSample(d, 0, "H200", b, 1.0, 2.0, None) for d, b in busy.items()])))
+    events.append((8.5, "shard_done", dict(index=2, frames=1, tokens=10, seconds=1.0, device="cuda:0",
+                                           resumed=False)))
+    from virnucpro.monitor import Event
+
+    for t, kind, data in sorted(events, key=lambda e: e[0]):
+        recorder(Event(kind, data, time=t))
+    gpu = recorder.build({"seconds": 9.0})["gpu"]
+    assert gpu["cuda:0"]["mean_busy_percent_after_first_shard"] == 99.0
+    assert gpu["cuda:1"]["mean_busy_percent_after_first_shard"] == 97.0
+    assert gpu["cuda:1"]["mean_busy_percent_embedding"] < 80  # its start-up is in that one

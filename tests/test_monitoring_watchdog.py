@@ -97,12 +97,52 @@ def test_a_device_busy_15_points_under_the_others_is_reported():
             monitor.emit("shard_started", index=i, frames=1, tokens=100, device=device)
             clock.now += 1.0
             monitor.emit("shard_done", index=i, frames=1, tokens=100, seconds=1.0, device=device)
-        monitor.emit("gpu_sample", elapsed=clock.now, samples=[
-            GpuSample(device, 0, "H200", util, 1.0, 2.0, None)])
+            monitor.emit("gpu_sample", elapsed=clock.now, samples=[
+                GpuSample(device, 0, "H200", util, 1.0, 2.0, None)])
     clock.now += 0.5
     watch.check(clock.now)
     busy = [w for w in monitor.warnings if "busy" in w]
     assert len(busy) == 1 and "cuda:2" in busy[0] and "75%" in busy[0], monitor.warnings
+
+
+def test_a_device_that_started_late_is_not_called_idle():
+    """Model loading and the first (compiling) shard are not idleness: on two H200s the
+    second worker started its first shard ~4 s after the first, and counting its samples
+    from the run's start reported it 'busy 57%, the other devices 85%'."""
+    clock = Clock()
+    monitor = Monitor()
+    watch = WorkerWatch(monitor, FAST, clock=clock)
+    monitor.subscribe(watch)
+    from virnucpro.monitoring.gpu import GpuSample
+
+    def sample(utils: dict[str, float]) -> None:
+        monitor.emit("gpu_sample", elapsed=clock.now, samples=[
+            GpuSample(device, 0, "H200", util, 1.0, 2.0, None) for device, util in utils.items()])
+
+    def shard(device: str, index: int) -> None:
+        monitor.emit("shard_started", index=index, frames=1, tokens=100, device=device)
+        clock.now += 1.0
+        monitor.emit("shard_done", index=index, frames=1, tokens=100, seconds=1.0, device=device)
+
+    sample({"cuda:0": 0.0, "cuda:1": 0.0})  # both loading models
+    shard("cuda:0", 0)
+    sample({"cuda:0": 40.0, "cuda:1": 0.0})  # cuda:0 compiled; cuda:1 still loading
+    sample({"cuda:0": 98.0, "cuda:1": 0.0})
+    shard("cuda:1", 100)
+    sample({"cuda:0": 98.0, "cuda:1": 45.0})  # cuda:1 compiling its first shard
+    for i in range(1, 5):
+        shard("cuda:0", i)
+        shard("cuda:1", 100 + i)
+        sample({"cuda:0": 98.0, "cuda:1": 97.0})
+        watch.check(clock.now)
+    assert monitor.warnings == []
+    # and one that really idles later is still caught
+    for i in range(5, 9):
+        shard("cuda:0", i)
+        sample({"cuda:0": 98.0, "cuda:1": 60.0})
+        watch.check(clock.now)
+    busy = [w for w in monitor.warnings if "busy" in w]
+    assert len(busy) == 1 and "cuda:1" in busy[0], monitor.warnings
 
 
 def test_throughput_lines_per_device_at_each_tick(virnucpro_log):

@@ -9,9 +9,10 @@ spawned process (several devices) or in a thread of the parent (one device).
 
 Python's full (generation-2) garbage collections stop the thread that feeds the device, for
 time proportional to every live object -- and loaded models plus torch.compile's graphs are
-about a million of them, so a full collection can idle the device for a large part of a
-second. The worker defers them while the first job runs (that is where compilation happens),
-then freezes the heap it built: later collections only scan what each job allocates.
+about a million of them, so a full collection can hold up the launches for hundreds of
+milliseconds (PyTorch measured ~260 ms per full collection while compiling). The worker
+defers them while the first job runs (that is where compilation happens), then freezes the
+heap it built: later collections only scan what each job allocates.
 
 Messages, worker -> parent: ("ready", info), ("started", index), ("done", index, result),
 ("error", exception, traceback text). Parent -> worker: (index, payload), or None to stop.

@@ -53,14 +53,20 @@ class GpuTotals:
             self.total_mib[s.device] = s.memory_total_mib
             self.names[s.device] = s.name
 
-    def as_dict(self, embedding: tuple[float, float] | None = None) -> dict[str, dict]:
+    def as_dict(self, embedding: tuple[float, float] | None = None,
+                first_done: dict[str, float] | None = None) -> dict[str, dict]:
         """embedding: (first shard started, last shard done); model loading and the final
-        writing then stay out of `mean_busy_percent_embedding`."""
+        writing then stay out of `mean_busy_percent_embedding`. first_done: when each device
+        finished its first shard; from then on (`mean_busy_percent_after_first_shard`) its
+        start-up -- loading, and compiling inside the first shard -- is out too."""
+        first_done = first_done or {}
         return {
             device: {
                 "name": self.names[device], "samples": len(busy),
                 "mean_busy_percent": round(statistics.fmean(busy), 1),
                 "mean_busy_percent_embedding": self._window_mean(device, embedding),
+                "mean_busy_percent_after_first_shard": self._window_mean(
+                    device, (first_done[device], embedding[1]) if device in first_done and embedding else None),
                 "peak_memory_mib": round(self.peak_mib[device], 1),
                 "memory_total_mib": round(self.total_mib[device], 1),
                 "mean_power_w": round(statistics.fmean(self.power[device]), 1) if device in self.power else None,
@@ -91,6 +97,7 @@ class RunRecorder:
         self.summary: dict | None = None
         self._embedding_start = 0.0  # first shard started
         self._embedding_end = 0.0  # last shard done
+        self._first_done: dict[str, float] = {}  # device -> its first computed shard done
 
     def __call__(self, event: Event) -> None:
         d = event.data
@@ -107,6 +114,8 @@ class RunRecorder:
             self.frames += d["frames"]
             self.tokens += d["tokens"]
             self._embedding_end = event.time
+            if not d.get("resumed"):
+                self._first_done.setdefault(d["device"], event.time)
         elif event.kind == "gpu_sample":
             self.gpu.add(event)
         elif event.kind == "run_finished":
@@ -139,7 +148,7 @@ class RunRecorder:
             "frames": self.frames,
             "tokens": self.tokens,
             "throughput_per_device": self._watch.summary(),
-            "gpu": self.gpu.as_dict(self._embedding_window()),
+            "gpu": self.gpu.as_dict(self._embedding_window(), self._first_done),
             "warnings": list(self._monitor.warnings),
         }
 
@@ -173,8 +182,9 @@ def human_summary(summary: dict) -> list[str]:
         gpu = summary["gpu"].get(device)
         busy = ""
         if gpu:
-            during = gpu["mean_busy_percent_embedding"]
-            busy = (f", GPU busy {during:.0f}% while embedding ({gpu['mean_busy_percent']:.0f}% overall)"
+            during, steady = gpu["mean_busy_percent_embedding"], gpu.get("mean_busy_percent_after_first_shard")
+            after = f", {steady:.0f}% after its first shard" if steady is not None else ""
+            busy = (f", GPU busy {during:.0f}% while embedding ({gpu['mean_busy_percent']:.0f}% overall{after})"
                     if during is not None else f", GPU busy {gpu['mean_busy_percent']:.0f}%")
         extra = f"{busy}, peak memory {gpu['peak_memory_mib'] / 1024:.1f} GiB" if gpu else ""
         lines.append(f"summary: {device}: {t['frames_per_s']:,.0f} frames/s, "

@@ -28,6 +28,8 @@ class Thresholds:
     slow_fraction: float = 0.70  # throughput under this share of the median device
     busy_gap_points: float = 15.0  # busy % this far under the median of the other devices
     min_shards: int = 3  # computed shards per device before its throughput is judged
+    busy_samples: int = 30  # the imbalance check judges the latest this many GPU samples
+    min_busy_samples: int = 3  # ... and only devices with at least this many
 
 
 @dataclass
@@ -43,7 +45,8 @@ class DeviceStats:
     durations: list[float] = field(default_factory=list)
     running: dict[int, float] = field(default_factory=dict)  # shard index -> start time
     window: tuple[int, int] = (0, 0)  # (frames, tokens) at the last periodic line
-    gpu_busy: list[float] = field(default_factory=list)  # NVML utilisation samples
+    gpu_busy: list[float] = field(default_factory=list)  # NVML utilisation since the first shard started
+    gpu_busy_working: list[float] = field(default_factory=list)  # ... since the first shard finished
 
     def rates(self) -> tuple[float, float]:
         """(frames/s, tokens/s) over completed work: first shard start to last shard end.
@@ -96,7 +99,14 @@ class WorkerWatch:
             self._shard_done(self.stats(d["device"]), d, now)
         elif event.kind == "gpu_sample":
             for sample in d["samples"]:
-                self.stats(sample.device).gpu_busy.append(sample.utilization)
+                s = self.stats(sample.device)
+                # Before its first shard a device is loading models, not idling; during it,
+                # compiling. Devices start at different moments, so counting those samples
+                # called a device that started a few seconds late "idle" (seen on two H200s).
+                if s.first_start is not None:
+                    s.gpu_busy.append(sample.utilization)
+                if s.last_done is not None:
+                    s.gpu_busy_working.append(sample.utilization)
         elif event.kind == "tick":
             self._log_throughput(now)
             self.check(now)
@@ -161,7 +171,7 @@ class WorkerWatch:
                                 f"imbalance: {s.device} runs at {tokens_rate[s.device]:,.0f} tokens/s, "
                                 f"{100 * tokens_rate[s.device] / median:.0f}% of the median device "
                                 f"({median:,.0f} tokens/s)")
-        busy = {s.device: s.busy_percent(now) for s in judged}
+        busy = {s.device: self._recent_busy(s, now) for s in judged}
         for s in judged:
             others = [b for dev, b in busy.items() if dev != s.device and b is not None]
             mine = busy[s.device]
@@ -169,6 +179,15 @@ class WorkerWatch:
                 self._warn_once((s.device, "idle", 0),
                                 f"imbalance: {s.device} is busy {mine:.0f}% of the time, "
                                 f"the other devices {statistics.median(others):.0f}%")
+
+    def _recent_busy(self, s: DeviceStats, now: float) -> float | None:
+        """Busy % over the latest samples since the device's first finished shard (a long
+        run's early hours must not hide a device that went idle later); without NVML, the
+        share of time in shards."""
+        if not s.gpu_busy:
+            return s.busy_percent(now)
+        recent = s.gpu_busy_working[-self.thresholds.busy_samples:]
+        return statistics.fmean(recent) if len(recent) >= self.thresholds.min_busy_samples else None
 
     def summary(self, now: float | None = None) -> dict[str, dict]:
         now = self._clock() if now is None else now
