@@ -103,6 +103,18 @@ def test_architecture_and_dtype(checkpoint, fair_model):
     )
 
 
+def test_stored_dtype_keeps_the_files_values_exactly(checkpoint):
+    """dtype=None (what a run uses) keeps the released file's fp16 weights as they are; cast
+    to fp32 or bf16 afterwards (on the device) they equal a load straight into that dtype."""
+    stored = load_esm2(checkpoint, dtype=None)
+    assert all(p.dtype == torch.float16 for p in stored.parameters())
+    for dtype in (torch.float32, torch.bfloat16):
+        direct = load_esm2(checkpoint, dtype=dtype).state_dict()
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in stored.state_dict().items()}
+        assert direct.keys() == cast.keys()
+        assert all(torch.equal(direct[k], cast[k]) for k in direct)
+
+
 def test_heads_from_shapes_without_config(tmp_path):
     """No cfg: heads = dim // 64, as every released ESM-2 has. Build one with 64-dim heads."""
     fair = make_fair_esm_model(num_layers=1, embed_dim=128, heads=2, seed=5)

@@ -58,14 +58,15 @@ def default_esm2_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / f"{ESM2_3B_NAME}.pt"
 
 
-def load_esm2(path: Path | str | None = None, *, dtype: torch.dtype = torch.float32) -> ESM2:
+def load_esm2(path: Path | str | None = None, *, dtype: torch.dtype | None = torch.float32) -> ESM2:
     """Load an ESM-2 checkpoint (default: the 3B model in the torch hub cache).
 
     path: a fair-esm .pt, a Hugging Face .safetensors/.bin, or a Hugging Face model folder.
-    Returns an eval-mode module on the CPU with parameters in `dtype` (fp32 unless asked) and
-    the checkpoint's own rotary inv_freq values. A .pt file is memory-mapped, and the module is
-    built on the meta device and then handed the converted tensors, so host memory peaks near
-    one copy of the weights instead of a random init plus a copy.
+    Returns an eval-mode module on the CPU with parameters in `dtype` (fp32 unless asked;
+    None: the dtype the file stores them in) and the checkpoint's own rotary inv_freq values.
+    A .pt file is memory-mapped, and the module is built on the meta device and then handed
+    the converted tensors, so host memory peaks near one copy of the weights instead of a
+    random init plus a copy; with dtype=None most tensors are not even copied.
     """
     path = _weights_file(default_esm2_path() if path is None else Path(path))
     state, cfg = _read_checkpoint(path)
@@ -77,8 +78,14 @@ def load_esm2(path: Path | str | None = None, *, dtype: torch.dtype = torch.floa
     else:
         named = _from_fair_esm(state)
         arch = _architecture(named, cfg, path)
-    module_state = _module_state(named, arch, dtype, path)
+    module_state = _module_state(named, arch, dtype or _stored_dtype(named), path)
     return _build(arch, module_state)
+
+
+def _stored_dtype(named: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The floating dtype of the file's weights (fp16 in the released checkpoint)."""
+    stored = named["embed_tokens.weight"].dtype
+    return stored if stored in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
 
 
 def _weights_file(path: Path) -> Path:

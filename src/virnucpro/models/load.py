@@ -68,7 +68,8 @@ def model_locations(chunk_len: int, paths: ModelPaths = ModelPaths()) -> list[Mo
 
 
 def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelBundle:
-    """Load every model on the CPU in fp32; raise one ModelError listing all that are missing."""
+    """Load every model on the CPU (ESM-2 in its stored dtype, the others in fp32); raise one
+    ModelError listing all that are missing."""
     missing = [
         loc for loc in model_locations(chunk_len, paths)
         if not loc.present and not (use_demo and _is_default(loc, paths))
@@ -86,7 +87,10 @@ def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelBundl
         demo_models.append("ESM-2")
     else:
         path = paths.esm or default_esm2_path()
-        esm = load_esm2(path)
+        # In the file's own dtype (fp16 for the released 3B): memory-mapped, mostly uncopied,
+        # and half the bytes to move to the device, where the worker converts it to the
+        # compute dtype. fp16 -> fp32 is exact, so every precision sees the same values.
+        esm = load_esm2(path, dtype=None)
         identity["esm"] = file_identity(path)
 
     if paths.dnabert is None and use_demo:
