@@ -189,3 +189,32 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, capsys):
     assert code == 3 and "another virnucpro run" in error_line(err)
     assert run(demo_args(sample, "-o", str(out)), capsys)[0] == 0  # free again afterwards
     assert not (out / RunLock.NAME).exists()
+
+
+def test_id_check_runs_while_the_models_load(tmp_path, monkeypatch):
+    """The duplicate-id pass reads the whole input; the workers must be loading meanwhile.
+    Here a worker's model loading cannot finish until the id check has begun: in the old
+    order (models first, then the check) the worker gives up waiting and the run fails."""
+    import threading
+
+    from virnucpro import frame_task, pipeline
+    from virnucpro.config import RunConfig
+    from virnucpro.monitor import Monitor
+
+    checking = threading.Event()
+    real_factory, real_check = frame_task.make_frame_task, pipeline.check_unique_ids
+
+    def factory(config, device):
+        assert checking.wait(10), "models loaded before the id check began"
+        return real_factory(config, device)
+
+    def check(config):
+        checking.set()
+        real_check(config)
+
+    monkeypatch.setattr(pipeline, "check_unique_ids", check)
+    sample = tmp_path / "s.fa"
+    sample.write_text(f">a\n{GOOD}\n>b\n{GOOD}\n")
+    config = RunConfig(input=sample, chunk_len=300, out_dir=tmp_path / "out", devices="cpu", demo=True)
+    outcome = pipeline.run(config, Monitor(), task_factory=factory)
+    assert outcome.frames > 0

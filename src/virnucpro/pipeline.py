@@ -1,6 +1,7 @@
 """The whole run on one screen.
 
-  check input -> one worker per device loads the models -> open store
+  check input opens -> one worker per device loads the models, while the input's ids are
+     checked for duplicates -> open store
   records -> chunks -> frames (streamed; intermediates written on the way;
      embeddings from an original VirNucPro run attached where its files hold them)
   -> shards of ~equal cost -> each shard: from the store, or run by a worker and stored
@@ -60,8 +61,10 @@ def frame_cost(frame: Frame) -> int:
     return len(frame.aa) + 2
 
 
-def check_input(config: RunConfig) -> None:
-    """Problems that must stop the run before any work or output."""
+def check_input_opens(config: RunConfig) -> None:
+    """Input problems that must stop the run before any work or output, the quick ones: the
+    file exists and its first record reads. (Unique ids: check_unique_ids, while the models
+    load.)"""
     path = config.input
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -72,6 +75,11 @@ def check_input(config: RunConfig) -> None:
     records.close()  # only the first record was needed: release the file now
     if first is None:
         raise InputError(f"{path}: no sequences in this file (is it empty?)")
+
+
+def check_unique_ids(config: RunConfig) -> None:
+    """A pass over every header of the input (the whole file: seconds per GB)."""
+    path = config.input
     duplicates = find_duplicate_ids(path)
     if duplicates:
         shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
@@ -120,7 +128,7 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
         task_factory: Callable[[RunConfig, torch.device], Task] = make_frame_task) -> RunOutcome:
     start = time.perf_counter()
     with monitor.stage("check input"):
-        check_input(config)
+        check_input_opens(config)
     devices = resolve_devices(config.devices)
     result_dir = config.result_dir
     created = prepare_result_dir(result_dir)  # before loading gigabytes of models
@@ -136,8 +144,14 @@ def _run_in(config: RunConfig, monitor: Monitor, restart: bool, task_factory, de
             result_dir: Path, created: bool, start: float) -> RunOutcome:
     # Each device's worker loads the models itself, once; the parent never touches a GPU.
     with Engine(functools.partial(task_factory, config), devices) as engine:
+        engine.launch()
+        # The id check reads the whole input: on a large file it takes about as long as the
+        # models take to load, so it runs meanwhile. A duplicate still stops the run before
+        # any output: the workers are stopped on the way out.
+        with monitor.stage("check input ids (models loading)"):
+            check_unique_ids(config)
         with monitor.stage("load models"):
-            info = engine.start()
+            info = engine.wait_ready()
         if info["demo_models"]:
             monitor.warn(
                 f"DEMO MODE: random stand-in models for {', '.join(info['demo_models'])}; "

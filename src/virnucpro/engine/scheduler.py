@@ -83,7 +83,15 @@ class Engine:
 
     def start(self) -> dict:
         """Start a worker per device and wait until each has loaded; returns the first's info."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Start a worker per device; they load their models while the caller goes on."""
         self._workers = [self._spawn(device) for device in self.devices]
+
+    def wait_ready(self) -> dict:
+        """Wait until every launched worker has loaded; returns the first's info."""
         for w in self._workers:
             while not w.ready:
                 self._handle(w, self._receive_or_death(w))
