@@ -191,6 +191,19 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, capsys):
     assert not (out / RunLock.NAME).exists()
 
 
+def test_duplicate_ids_stop_worker_processes_and_leave_nothing(tmp_path, capsys):
+    """The id check runs while worker processes load: a duplicate still exits 2 with no
+    output, and the workers are stopped (the run returns, nothing is left running)."""
+    import multiprocessing
+
+    sample = tmp_path / "dups.fa"
+    sample.write_text(f">a\n{GOOD}\n>a\n{GOOD}\n")
+    code, err = run(demo_args(sample) + ["--devices", "cpu,cpu"], capsys)
+    assert code == 2 and "(a)" in error_line(err)
+    assert left_behind(tmp_path, {"dups.fa"}) == []
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("virnucpro-worker")]
+
+
 def test_id_check_runs_while_the_models_load(tmp_path, monkeypatch):
     """The duplicate-id pass reads the whole input; the workers must be loading meanwhile.
     Here a worker's model loading cannot finish until the id check has begun: in the old

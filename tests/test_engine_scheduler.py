@@ -115,21 +115,36 @@ def test_a_job_that_kills_its_worker_while_being_prepared_fails_the_run():
         run_all(fault_tasks.times_ten_always_dies_preparing_0, [CPU, CPU], n=6)
 
 
-def test_worker_freezes_its_heap_after_loading_and_after_the_first_job():
+def test_a_worker_process_freezes_its_heap_a_worker_thread_does_not():
     """Full garbage collections must not rescan the models and compiled code at every job:
-    the worker moves them to the permanent generation (gc.freeze) and restores the
-    collector's thresholds after deferring full collections during the first job."""
+    a worker process moves them to the permanent generation (gc.freeze) and restores the
+    collector's thresholds after deferring full collections during its first job. A worker
+    thread leaves the caller's process-wide collector alone."""
     import gc
+    import multiprocessing
+    import threading
+
+    from virnucpro.engine import worker
 
     gc.unfreeze()
     thresholds = gc.get_threshold()
     try:
-        with Engine(fault_tasks.times_ten, [CPU]) as engine:
-            engine.start()
-            frozen_after_loading = gc.get_freeze_count()
-            out = list(engine.run(jobs(3), on_result=lambda *_: None))
+        out = list(run_all(fault_tasks.times_ten, [CPU], n=3)[0])  # in-process: a thread
         assert out == [(i, i * 10) for i in range(3)]
-        assert frozen_after_loading > 0
+        assert gc.get_freeze_count() == 0
+
+        # The process body, run here on a thread so this process's collector can be inspected.
+        parent, child = multiprocessing.Pipe()
+        body = threading.Thread(target=worker.work, args=(fault_tasks.times_ten, CPU, child),
+                                kwargs={"own_process": True})
+        body.start()
+        assert parent.recv()[0] == "ready"
+        assert gc.get_freeze_count() > 0
+        parent.send((0, 4))
+        assert parent.recv() == ("started", 0) and parent.recv() == ("done", 0, 40)
+        parent.send(None)
+        body.join(10)
+        assert not body.is_alive()
         assert gc.get_threshold() == thresholds
     finally:
         gc.unfreeze()

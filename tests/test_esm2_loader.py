@@ -115,6 +115,20 @@ def test_stored_dtype_keeps_the_files_values_exactly(checkpoint):
         assert all(torch.equal(direct[k], cast[k]) for k in direct)
 
 
+def test_stored_dtype_of_a_mixed_file_is_fp32(tmp_path, checkpoint):
+    """fp16 matrices with fp32 LayerNorms: no stored value may be rounded to fp16."""
+    data = torch.load(checkpoint, weights_only=False)
+    for key, tensor in data["model"].items():
+        if "layer_norm" in key:
+            data["model"][key] = tensor.float() + 1e-4  # values fp16 cannot hold
+    mixed = tmp_path / "mixed.pt"
+    torch.save(data, mixed)
+    stored = load_esm2(mixed, dtype=None)
+    assert all(p.dtype == torch.float32 for p in stored.parameters())
+    direct = load_esm2(mixed).state_dict()
+    assert all(torch.equal(direct[k], v) for k, v in stored.state_dict().items())
+
+
 def test_heads_from_shapes_without_config(tmp_path):
     """No cfg: heads = dim // 64, as every released ESM-2 has. Build one with 64-dim heads."""
     fair = make_fair_esm_model(num_layers=1, embed_dim=128, heads=2, seed=5)

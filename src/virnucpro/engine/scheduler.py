@@ -122,7 +122,10 @@ class Engine:
             if isinstance(w.process, threading.Thread):
                 # A thread cannot be killed: let it finish its batch (it stops at the next job),
                 # since interpreter shutdown under a running CUDA/CPU kernel can abort the process.
-                w.process.join(STOP_GRACE_S)
+                # One still loading its models (the run failed early, e.g. on the input's ids)
+                # reads the stop once loaded; waiting for it would only delay the error.
+                if w.ready:
+                    w.process.join(STOP_GRACE_S)
                 continue
             if not graceful:
                 w.process.terminate()

@@ -10,9 +10,11 @@ spawned process (several devices) or in a thread of the parent (one device).
 Python's full (generation-2) garbage collections stop the thread that feeds the device, for
 time proportional to every live object -- and loaded models plus torch.compile's graphs are
 about a million of them, so a full collection can hold up the launches for hundreds of
-milliseconds (PyTorch measured ~260 ms per full collection while compiling). The worker
-defers them while the first job runs (that is where compilation happens), then freezes the
-heap it built: later collections only scan what each job allocates.
+milliseconds (PyTorch measured ~260 ms per full collection while compiling). A worker
+process defers them while its first job runs (that is where compilation happens), then
+freezes its heap: later collections only scan what each job allocates. A worker thread in
+the caller's process leaves the collector alone: those settings are process-wide, and the
+caller (a notebook, a test) would be left with a frozen heap.
 
 Messages, worker -> parent: ("ready", info), ("started", index), ("done", index, result),
 ("error", exception, traceback text). Parent -> worker: (index, payload), or None to stop.
@@ -66,8 +68,10 @@ def _in_background(fn: Callable[[], Any]) -> Callable[[], Any]:
     return result
 
 
-def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None]) -> None:
-    """Run jobs until receive() gives None; job n+1 is received and prepared during job n."""
+def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None], *,
+          settle_heap: bool = False) -> None:
+    """Run jobs until receive() gives None; job n+1 is received and prepared during job n.
+    settle_heap: defer full collections during the first job, then freeze the heap."""
     def fetch() -> tuple[int, Any] | None:
         job = receive()
         if job is None:
@@ -81,7 +85,7 @@ def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None])
         pending = _in_background(fetch)
         index, prepared = current
         send(("started", index))  # lets the parent blame the right job if this process dies
-        if first:
+        if first and settle_heap:
             with _full_collections_deferred():
                 result = task.run(prepared)  # compiles its kernels on the first call
             freeze_heap()
@@ -119,13 +123,15 @@ def _receive(conn: Connection) -> Any:
         return None
 
 
-def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection) -> None:
+def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection,
+         own_process: bool = False) -> None:
     """The worker body, shared by processes and the in-process thread."""
     try:
         task = factory(device)
-        freeze_heap()  # the loaded models: scanned once here instead of at every full collection
+        if own_process:
+            freeze_heap()  # the loaded models: scanned once here instead of at every full collection
         conn.send(("ready", task.info))
-        serve(task, lambda: _receive(conn), conn.send)
+        serve(task, lambda: _receive(conn), conn.send, settle_heap=own_process)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         return  # the parent stopped listening; nothing left to report to
     except BaseException as exc:
@@ -146,6 +152,6 @@ def process_main(factory: Callable[[torch.device], Task], device: torch.device, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads)  # the parent's count: see Engine.__init__
-    work(factory, device, conn)
+    work(factory, device, conn, own_process=True)
     conn.close()
     os._exit(0)  # skip interpreter teardown: a prefetch thread may still block in recv

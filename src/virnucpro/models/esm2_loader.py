@@ -83,9 +83,12 @@ def load_esm2(path: Path | str | None = None, *, dtype: torch.dtype | None = tor
 
 
 def _stored_dtype(named: Mapping[str, torch.Tensor]) -> torch.dtype:
-    """The floating dtype of the file's weights (fp16 in the released checkpoint)."""
-    stored = named["embed_tokens.weight"].dtype
-    return stored if stored in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
+    """The floating dtype of the file's weights (fp16 in the released checkpoint); fp32 when
+    they differ (e.g. fp16 matrices with fp32 norms), so that no stored value is rounded."""
+    stored = {t.dtype for t in named.values() if t.is_floating_point()}
+    if len(stored) == 1 and (only := stored.pop()) in (torch.float16, torch.bfloat16, torch.float32):
+        return only
+    return torch.float32
 
 
 def _weights_file(path: Path) -> Path:

@@ -88,8 +88,8 @@ def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelBundl
     else:
         path = paths.esm or default_esm2_path()
         # In the file's own dtype (fp16 for the released 3B): memory-mapped, mostly uncopied,
-        # and half the bytes to move to the device, where the worker converts it to the
-        # compute dtype. fp16 -> fp32 is exact, so every precision sees the same values.
+        # and (for fp16) half the bytes of fp32 to move to the device, where the worker casts
+        # it to the compute dtype. Widening is exact, so every precision sees the same values.
         esm = load_esm2(path, dtype=None)
         identity["esm"] = file_identity(path)
 

@@ -177,7 +177,7 @@ class WorkerWatch:
             mine = busy[s.device]
             if mine is not None and others and mine < statistics.median(others) - self.thresholds.busy_gap_points:
                 self._warn_once((s.device, "idle", 0),
-                                f"imbalance: {s.device} is busy {mine:.0f}% of the time, "
+                                f"imbalance: {s.device} has been busy {mine:.0f}% of the time lately, "
                                 f"the other devices {statistics.median(others):.0f}%")
 
     def _recent_busy(self, s: DeviceStats, now: float) -> float | None:

@@ -61,8 +61,14 @@ class FramePredictor:
         self.fp16_overflows = 0  # shards whose DNABERT-S pass was redone in fp32
         self.tokenizer = bundle.tokenizer
         # Moved first, then cast: the conversion runs on the device, not on the host's cores
-        # (which several workers share while they all load at once).
-        self.esm = bundle.esm.to(device=device).to(dtype=dtype).eval()
+        # (which several workers share while they all load at once). Weights stored wider than
+        # the compute dtype (an fp32 file) are narrowed on the host first, so the device never
+        # holds the wide copy.
+        esm = bundle.esm
+        stored = next(esm.parameters()).dtype
+        if stored.itemsize > dtype.itemsize:
+            esm = esm.to(dtype=dtype)
+        self.esm = esm.to(device=device).to(dtype=dtype).eval()
         # DNABERT-S (~3% of the FLOPs) keeps fp32 weights; on a GPU's fast path its GEMMs run
         # in fp16 under autocast whatever --precision says: at the same speed as bf16, its
         # embeddings came out far closer to fp32 (worst-frame cosine 0.99999 vs 0.9991, largest
