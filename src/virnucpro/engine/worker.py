@@ -80,16 +80,16 @@ def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None],
         return index, task.prepare(payload)
 
     pending = _in_background(fetch)
-    first = True
+    settle = settle_heap  # on the first job only
     while (current := pending()) is not None:
         pending = _in_background(fetch)
         index, prepared = current
         send(("started", index))  # lets the parent blame the right job if this process dies
-        if first and settle_heap:
+        if settle:
             with _full_collections_deferred():
                 result = task.run(prepared)  # compiles its kernels on the first call
             freeze_heap()
-            first = False
+            settle = False
         else:
             result = task.run(prepared)
         send(("done", index, result))

@@ -46,7 +46,7 @@ class DeviceStats:
     running: dict[int, float] = field(default_factory=dict)  # shard index -> start time
     window: tuple[int, int] = (0, 0)  # (frames, tokens) at the last periodic line
     gpu_busy: list[float] = field(default_factory=list)  # NVML utilisation since the first shard started
-    gpu_busy_working: list[float] = field(default_factory=list)  # ... since the first shard finished
+    working_from: int | None = None  # index into gpu_busy of the first sample after the first shard finished
 
     def rates(self) -> tuple[float, float]:
         """(frames/s, tokens/s) over completed work: first shard start to last shard end.
@@ -105,8 +105,6 @@ class WorkerWatch:
                 # called a device that started a few seconds late "idle" (seen on two H200s).
                 if s.first_start is not None:
                     s.gpu_busy.append(sample.utilization)
-                if s.last_done is not None:
-                    s.gpu_busy_working.append(sample.utilization)
         elif event.kind == "tick":
             self._log_throughput(now)
             self.check(now)
@@ -123,6 +121,8 @@ class WorkerWatch:
         s.shards += 1
         s.busy_seconds += d["seconds"]
         s.durations.append(d["seconds"])
+        if s.working_from is None:  # its first finished shard: start-up is over
+            s.working_from = len(s.gpu_busy)
         s.last_done = now
 
     def _log_throughput(self, now: float) -> None:
@@ -186,7 +186,8 @@ class WorkerWatch:
         share of time in shards."""
         if not s.gpu_busy:
             return s.busy_percent(now)
-        recent = s.gpu_busy_working[-self.thresholds.busy_samples:]
+        working = s.gpu_busy[s.working_from:] if s.working_from is not None else []
+        recent = working[-self.thresholds.busy_samples:]
         return statistics.fmean(recent) if len(recent) >= self.thresholds.min_busy_samples else None
 
     def summary(self, now: float | None = None) -> dict[str, dict]:
