@@ -50,9 +50,13 @@ from virnucpro.frame_task import FrameTask, make_frame_task  # noqa: E402
 from virnucpro.models.dna_tokenizer import DnaTokenizer  # noqa: E402
 from virnucpro.monitor import Monitor  # noqa: E402
 from virnucpro.monitoring import MonitorOptions, attach  # noqa: E402
+from virnucpro.monitoring.gpu import METRICS_NAME  # noqa: E402
+from virnucpro.monitoring.report import REPORT_NAME  # noqa: E402
+from virnucpro.monitoring.summary import SUMMARY_NAME  # noqa: E402
 from virnucpro.stages.classify import FramePredictor  # noqa: E402
+from virnucpro.stages.write import HIGHEST_NAME, RESULTS_NAME  # noqa: E402
 
-MONITOR_FILES = ("gpu_metrics.jsonl", "run_summary.json", "report.html")
+MONITOR_FILES = (METRICS_NAME, SUMMARY_NAME, REPORT_NAME)
 # ESM-2 3B forward GEMM FLOPs per token (24 D^2 per layer); attention's 4 T D adds ~0.3 % at
 # 49 aa and is left out, so the share below slightly understates the real one.
 ESM_GEMM_FLOPS_PER_TOKEN = bench_engine.ESM_3B["num_layers"] * 24 * bench_engine.ESM_3B["embed_dim"] ** 2
@@ -77,7 +81,6 @@ class RunClock:
     def __init__(self) -> None:
         self.done: list[tuple[float, str, int, int]] = []  # (time, device, frames, tokens)
         self.first_started: float | None = None
-        self.load_models_s: float | None = None
 
     def __call__(self, event) -> None:
         if event.kind == "shard_done":
@@ -85,19 +88,6 @@ class RunClock:
                               event.data["tokens"]))
         elif event.kind == "shard_started" and self.first_started is None:
             self.first_started = time.perf_counter()
-        elif event.kind == "stage_done" and event.data["name"] == "load models":
-            self.load_models_s = event.data["seconds"]
-
-    def per_device(self, embed_seconds: float) -> dict:
-        out: dict[str, dict] = {}
-        for _, device, frames, tokens in self.done:
-            d = out.setdefault(device, {"shards": 0, "frames": 0, "tokens": 0})
-            d["shards"] += 1
-            d["frames"] += frames
-            d["tokens"] += tokens
-        for d in out.values():
-            d["tokens_per_s_embedding"] = round(d["tokens"] / embed_seconds)
-        return out
 
     def steady(self) -> tuple[float | None, float | None, float | None]:
         """(start-up seconds, steady frames/s, steady tokens/s): once every device has finished
@@ -139,18 +129,17 @@ def one_run(sample: Path, devices: str, args, out: Path) -> dict:
     startup_end, steady_fps, steady_tps = clock.steady()
     embed_s = clock.done[-1][0] - clock.first_started
     tokens = sum(k for _, _, _, k in clock.done)
-    summary = json.loads((out / "run_summary.json").read_text())
+    summary = json.loads((out / SUMMARY_NAME).read_text())
     return {
         "devices": devices, "frames": outcome.frames, "tokens": tokens, "shards": outcome.shards,
         "pipeline_wall_s": round(wall, 2),
-        "load_models_s": round(clock.load_models_s, 2) if clock.load_models_s is not None else None,
+        "load_models_s": round(summary["stage_seconds"]["load models"], 2),
         "startup_s": round(startup_end - t0, 2) if startup_end else None,
         "embedding_window_s": round(embed_s, 2),
         "steady_frames_per_s": steady_fps, "steady_tokens_per_s": steady_tps,
-        "per_device": clock.per_device(embed_s),
         "busy_percent_nvml_50ms": {f"cuda:{i}": s.mean for i, s in zip(gpus, samplers)},
         "run_summary_gpu": summary["gpu"],
-        "run_summary_throughput": summary["throughput_per_device"],
+        "run_summary_throughput": summary["throughput_per_device"],  # frames, tokens, shards per device
     }
 
 
@@ -170,18 +159,26 @@ def timed_process(sample: Path, devices: str, args, out: Path) -> dict:
     result["frames_per_s"] = round(result["frames"] / wall, 1)
     result["tokens_per_s"] = round(result["tokens"] / wall)
     if args.artifacts:
-        keep = args.artifacts / out.name
-        keep.mkdir(parents=True, exist_ok=True)
-        for name in MONITOR_FILES:
-            if (out / name).is_file():
-                shutil.copy2(out / name, keep / name)
+        keep_monitor_files(out, args.artifacts / out.name)
     return result
+
+
+def keep_monitor_files(result_dir: Path, keep: Path) -> None:
+    """Copy a run's monitoring files (those it wrote: no gpu_metrics.jsonl without a GPU)."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for name in MONITOR_FILES:
+        if (result_dir / name).is_file():
+            shutil.copy2(result_dir / name, keep / name)
+
+
+def same_results(a: Path, b: Path) -> bool:
+    """Both result files of two runs byte-identical."""
+    return all((a / name).read_bytes() == (b / name).read_bytes() for name in (RESULTS_NAME, HIGHEST_NAME))
 
 
 def compare(runs: list[dict], outs: list[Path]) -> dict:
     one, many = runs
-    same = all((outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
-               for name in ("prediction_results.txt", "prediction_results_highestscore.csv"))
+    same = same_results(outs[0], outs[1])
     return {"speedup": round(one["wall_s"] / many["wall_s"], 3),
             "steady_speedup": (round(many["steady_frames_per_s"] / one["steady_frames_per_s"], 3)
                                if one["steady_frames_per_s"] and many["steady_frames_per_s"] else None),

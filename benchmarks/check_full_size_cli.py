@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's writers of the released formats
 import bench_engine  # noqa: E402
 import bench_stages  # noqa: E402
+from bench_scaling import keep_monitor_files, same_results  # noqa: E402
 from classifier_factory import save_released_classifier  # noqa: E402
 from dnabert_factory import make_dnabert_folder  # noqa: E402
 
 from virnucpro.models.esm2 import ESM2  # noqa: E402
 
 DNABERT_COMMIT = "0" * 40
-KEEP = ("run_summary.json", "gpu_metrics.jsonl", "report.html")
 
 
 def fair_esm_state(esm: ESM2) -> dict[str, torch.Tensor]:
@@ -93,9 +92,7 @@ def predict(sample: Path, out: Path, devices: str, env: dict[str, str], keep: Pa
     print(proc.stderr[-4000:], flush=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
-    for name in KEEP:
-        if (out / name).is_file():  # no gpu_metrics.jsonl without a GPU
-            shutil.copy2(out / name, keep / name)
+    keep_monitor_files(out, keep)
     summary = json.loads((out / "run_summary.json").read_text())
     return {"command": " ".join(cmd[1:]), "devices": devices, "wall_s": round(wall, 1),
             "frames": summary["frames"], "frames_per_s_end_to_end": round(summary["frames"] / wall, 1),
@@ -133,9 +130,7 @@ def main() -> None:
             report[name] = predict(sample, work / f"out_{name}", devices, env, args.out / name)
             (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         if args.one_gpu_too:
-            report["outputs_identical"] = all(
-                (work / "out_auto" / f).read_bytes() == (work / "out_cuda0" / f).read_bytes()
-                for f in ("prediction_results.txt", "prediction_results_highestscore.csv"))
+            report["outputs_identical"] = same_results(work / "out_auto", work / "out_cuda0")
             report["speedup_end_to_end"] = round(report["cuda0"]["wall_s"] / report["auto"]["wall_s"], 3)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
