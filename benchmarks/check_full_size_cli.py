@@ -2,6 +2,8 @@
 
     python benchmarks/check_full_size_cli.py --bases 10000000 --out full_size_cli
     python benchmarks/check_full_size_cli.py --bases 10000000 --out full_size_cli --one-gpu-too
+    python benchmarks/check_full_size_cli.py --bases 101000000 --out scaling \
+        --devices cuda:0 cuda:0,cuda:1 cuda:0,cuda:1,cuda:2,cuda:3
 
 Weights cannot be downloaded here, so this writes full-size models with random weights in the
 released formats, where a user's machine keeps them, and gives the CLI no model paths:
@@ -10,8 +12,9 @@ released formats, where a user's machine keeps them, and gives the CLI no model 
   - DNABERT-S (12 x 768, the real tokenizer) as a Hugging Face snapshot in $HF_HUB_CACHE;
   - the 300 bp classifier as a whole-module pickle in $VIRNUCPRO_HOME.
 Then it runs `python -m virnucpro predict reads.fa 300 --devices auto` (compile on, the
-default) on a reads workload cut from ../shared/data/genomes, and with --one-gpu-too also
-with `--devices cuda:0`, checking the two result files are byte-identical. A short run on
+default) on a reads workload cut from ../shared/data/genomes, once per --devices value
+(or with --one-gpu-too also with `--devices cuda:0`), checking that every run's result
+files are byte-identical to the first's. A short run on
 cuda:0 goes first so both timed runs find torch.compile's on-disk cache warm. The log, the
 run_summary.json, gpu_metrics.jsonl and report.html of each run are copied to --out.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,7 +100,9 @@ def predict(sample: Path, out: Path, devices: str, env: dict[str, str], keep: Pa
     summary = json.loads((out / "run_summary.json").read_text())
     return {"command": " ".join(cmd[1:]), "devices": devices, "wall_s": round(wall, 1),
             "frames": summary["frames"], "frames_per_s_end_to_end": round(summary["frames"] / wall, 1),
-            "stage_seconds": summary["stage_seconds"], "throughput_per_device": summary["throughput_per_device"],
+            "stage_seconds": summary["stage_seconds"],
+            "startup_seconds_per_device": summary.get("startup_seconds_per_device"),
+            "throughput_per_device": summary["throughput_per_device"],
             "gpu": summary["gpu"], "warnings": summary["warnings"], "models": summary["models"]}
 
 
@@ -104,36 +110,61 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bases", type=int, default=10_000_000)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--one-gpu-too", action="store_true", help="also run on cuda:0 alone and compare the outputs")
+    ap.add_argument("--devices", nargs="+", default=["auto"], metavar="SPEC",
+                    help="one timed run per --devices value, in this order (e.g. cuda:0 cuda:0,cuda:1 auto); "
+                         "every run's result files are compared with the first's, and speed-ups are "
+                         "given against the first")
+    ap.add_argument("--one-gpu-too", action="store_true", help="also run on cuda:0 alone (after the others)")
     ap.add_argument("--no-warm-up", action="store_true", help="skip the short untimed first run")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="keep the models and the input here and reuse them when present "
+                         "(several invocations on one machine); default: a temporary folder")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("check_full_size_cli needs a CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-                    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+                    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+                    "cpus": os.cpu_count()}
+    runs = list(args.devices) + (["cuda:0"] if args.one_gpu_too else [])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        cache = args.cache or work
         t0 = time.perf_counter()
-        env = write_models(work / "cache")
+        env = cached_models(cache / "cache")
         report["write_models_s"] = round(time.perf_counter() - t0, 1)
-        sample = work / "reads.fa"
-        bench_stages.write_workload(sample, "reads150", args.bases)
+        sample = cache / f"reads_{args.bases}.fa"
+        if not sample.is_file():
+            bench_stages.write_workload(sample, "reads150", args.bases)
         report["input_bases"] = args.bases
         if not args.no_warm_up:
-            # torch.compile's on-disk cache warm for both timed runs alike (see bench_scaling)
+            # torch.compile's on-disk cache warm for every timed run alike (see bench_scaling)
             warm = work / "warm.fa"
             bench_stages.write_workload(warm, "reads150", 100_000, seed=2)
             report["warm_up"] = predict(warm, work / "out_warm", "cuda:0", env, args.out / "warm_up")
-        runs = {"auto": "auto"} | ({"cuda0": "cuda:0"} if args.one_gpu_too else {})
-        for name, devices in runs.items():
-            report[name] = predict(sample, work / f"out_{name}", devices, env, args.out / name)
+        report["runs"] = []
+        for n, devices in enumerate(runs):
+            name = f"run{n}_{devices.replace(',', '+').replace(':', '')}"
+            result = predict(sample, work / name, devices, env, args.out / name)
+            if n:
+                first = report["runs"][0]
+                result["outputs_identical_to_first"] = same_results(work / name, work / first["name"])
+                result["speedup_end_to_end_over_first"] = round(first["wall_s"] / result["wall_s"], 3)
+            report["runs"].append({"name": name, **result})
             (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        if args.one_gpu_too:
-            report["outputs_identical"] = same_results(work / "out_auto", work / "out_cuda0")
-            report["speedup_end_to_end"] = round(report["cuda0"]["wall_s"] / report["auto"]["wall_s"], 3)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
+
+
+def cached_models(root: Path) -> dict[str, str]:
+    """write_models(root) unless a finished earlier call left them there."""
+    done = root / "complete"
+    if not done.is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        env = write_models(root)
+        (root / "env.json").write_text(json.dumps(env))
+        done.touch()
+    return json.loads((root / "env.json").read_text())
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ class TimesTen:
 
     info = {"name": "times-ten"}
 
-    def __init__(self, kill_at: int | None, marker: Path | None) -> None:
-        self.kill_at, self.marker = kill_at, marker
+    def __init__(self, kill_at: int | None, marker: Path | None, pause: float = 0.002) -> None:
+        self.kill_at, self.marker, self.pause = kill_at, marker, pause
 
     def prepare(self, payload: int) -> int:
         return payload
@@ -38,7 +38,7 @@ class TimesTen:
             if self.marker is None:
                 os.kill(os.getpid(), signal.SIGKILL)
             _die_once(self.marker)
-        time.sleep(0.002)
+        time.sleep(self.pause)
         return payload * 10
 
 
@@ -57,6 +57,15 @@ def times_ten_always_dies_preparing_0(device) -> TimesTen:
 
 def times_ten(device) -> TimesTen:
     return TimesTen(None, None)
+
+
+def times_ten_one_loads_slowly(marker: Path, load_seconds: float, job_seconds: float, device) -> TimesTen:
+    """The first worker to start loads at once; any other takes `load_seconds`."""
+    try:
+        marker.open("x").close()
+    except FileExistsError:
+        time.sleep(load_seconds)
+    return TimesTen(None, None, pause=job_seconds)
 
 
 def times_ten_dies_once_at_3(marker: Path, device) -> TimesTen:

@@ -81,6 +81,37 @@ def test_two_worker_processes_give_the_same_order():
     assert out == [(i, i * 10) for i in range(40)]
 
 
+def run_with_one_slow_loader(tmp_path, load_seconds, job_seconds, n):
+    factory = functools.partial(fault_tasks.times_ten_one_loads_slowly, tmp_path / "first",
+                                load_seconds, job_seconds)
+    ready: list[dict] = []
+    with Engine(factory, [CPU, CPU], on_ready=lambda device, info: ready.append(info)) as engine:
+        engine.launch()
+        engine.wait_ready()
+        out = list(engine.run(jobs(n), on_result=lambda *_: None))
+    return out, ready
+
+
+def test_jobs_start_on_the_first_ready_worker_and_the_other_joins(tmp_path):
+    out, ready = run_with_one_slow_loader(tmp_path, load_seconds=1.0, job_seconds=0.05, n=80)
+    assert out == [(i, i * 10) for i in range(80)]
+    assert len(ready) == 2  # the slow one joined the run (and was announced) once loaded
+    assert all(info["startup_s"]["total"] > 0 for info in ready)
+    assert max(info["startup_s"]["total"] for info in ready) >= 1.0
+
+
+def test_a_worker_still_loading_when_the_run_ends_is_not_waited_for(tmp_path):
+    """A tiny input can be done before every device has loaded: the run ends then, and the
+    worker still loading is stopped instead of holding the exit for its full load."""
+    import time
+
+    t0 = time.monotonic()
+    out, ready = run_with_one_slow_loader(tmp_path, load_seconds=60.0, job_seconds=0.002, n=10)
+    assert out == [(i, i * 10) for i in range(10)]
+    assert len(ready) == 1
+    assert time.monotonic() - t0 < 30  # well under the 60 s the slow worker would take
+
+
 def test_killed_worker_has_its_job_requeued(tmp_path):
     factory = functools.partial(fault_tasks.times_ten_dies_once_at_3, tmp_path / "died")
     out, _ = run_all(factory, [CPU, CPU], n=12)

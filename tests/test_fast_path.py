@@ -197,3 +197,26 @@ def test_a_failing_compilation_falls_back_to_eager(virnucpro_log):
     got = predictor.predict(frames)
     assert "torch.compile failed" in virnucpro_log.text and not predictor.compiled
     np.testing.assert_allclose(got.score2, expected.score2, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_beside_the_copy_computes_with_the_copied_weights(esm):
+    """The packed layers are compiled on an uninitialised copy while the real weights are
+    copied in. The compiled code must read the copied values: against the same frames run
+    eagerly (bf16 either way, so only rounding may differ), every protein embedding agrees
+    to a cosine of 0.9999. Weights compiled in as constants would give garbage here."""
+    import copy
+
+    tokenizer = demo.demo_tokenizer()
+    bundle = ModelBundle(copy.deepcopy(esm).half(), demo.demo_dnabert(tokenizer.vocab_size),
+                         tokenizer, demo.demo_classifier(64 + esm.embed_dim))
+    frames = demo_frames(40, seed=11)
+    cuda = torch.device("cuda", 0)
+    compiled = FramePredictor(bundle, cuda, torch.bfloat16, reference=False, compile=True)
+    assert compiled.compiled and compiled.compile_seconds > 0
+    got = compiled.predict(frames, keep_embeddings=True)
+    eager = FramePredictor(bundle, cuda, torch.bfloat16, reference=False, compile=False)
+    expected = eager.predict(frames, keep_embeddings=True)
+    cos = torch.nn.functional.cosine_similarity(torch.from_numpy(got.protein_embeddings),
+                                                torch.from_numpy(expected.protein_embeddings), dim=1)
+    assert cos.min() > 0.9999

@@ -62,6 +62,10 @@ def test_run_summary_records_the_run(finished_run, tiny_models, capsys):
     cpu = summary["throughput_per_device"]["cpu"]
     assert cpu["frames"] == frames and cpu["frames_per_s"] > 0 and cpu["tokens_per_s"] > cpu["frames_per_s"]
     assert summary["gpu"] == {} and summary["warnings"] == []
+    startup = summary["startup_seconds_per_device"]["cpu"]  # where start-up time went
+    assert {"read models", "models to device", "total"} <= set(startup)
+    assert startup["total"] >= startup["read models"] + startup["models to device"] - 0.02
+    assert re.search(r"cpu ready after [0-9.]+ s \(read models", log_file.read_text())
     assert not (result_dir / "gpu_metrics.jsonl").exists()  # CPU run: quietly no GPU metrics
     # -q keeps the console quiet, the log file still has the summary
     assert "summary:" in log_file.read_text()

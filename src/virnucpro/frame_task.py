@@ -8,6 +8,7 @@ whole shard at once, so a shard's scores do not depend on which of its frames we
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,15 +81,23 @@ class FrameTask:
 
 def make_frame_task(config: RunConfig, device: torch.device) -> FrameTask:
     """Load the models on `device` and wrap them as the engine's task (runs in the worker)."""
+    t0 = time.perf_counter()
     bundle = load_bundle(config.models, config.chunk_len, config.demo)
+    t1 = time.perf_counter()
     dtype = resolve_dtype(config.precision, device, config.reference)
     predictor = FramePredictor(bundle, device, dtype, reference=config.reference,
                                batch_tokens=config.batch_tokens, compile=config.compile)
+    startup = {"read models": round(t1 - t0, 2),
+               "models to device": round(time.perf_counter() - t1, 2),
+               "of which ESM-2 weights copied": round(predictor.copy_seconds, 2)}
+    if predictor.compiled:  # on a thread beside the copy
+        startup["of which compile and warm-up, beside the copy"] = round(predictor.compile_seconds, 2)
     info = {
         "identity": dict(bundle.identity),
         "demo_models": tuple(bundle.demo_models),
         "dtype": str(dtype).removeprefix("torch."),
         "feature_dims": bundle.feature_dims(),
         "batch_tokens": predictor.batch_tokens,
+        "startup_s": startup,
     }
     return FrameTask(predictor, config.save_embeddings, info)

@@ -24,11 +24,11 @@ import torch
 
 from virnucpro.config import RunConfig
 from virnucpro.embeddings_out import write_embeddings
-from virnucpro.engine.devices import resolve_devices
+from virnucpro.engine.devices import resolve_devices, resolve_dtype
 from virnucpro.engine.scheduler import Engine, Job
 from virnucpro.engine.sharding import Shard, plan_shards
 from virnucpro.engine.worker import Task
-from virnucpro.errors import InputError, OutputError
+from virnucpro.errors import InputError, OutputError, WorkerFailed
 from virnucpro.intermediates import IntermediateFiles
 from virnucpro.frame_task import KnownEmbeddings, ShardWork, make_frame_task
 from virnucpro.legacy import FrameWithKnown, attach_legacy, has_legacy_files, legacy_identity
@@ -111,6 +111,35 @@ def iter_frames(config: RunConfig, monitor: Monitor, files: IntermediateFiles) -
         t0 = time.perf_counter()
 
 
+def check_one_precision(config: RunConfig, devices: list[torch.device]) -> None:
+    """Every device must compute in the same dtype, or results would depend on which device
+    ran each shard (the CPU defaults to fp32, GPUs to bf16)."""
+    dtypes = {str(d): resolve_dtype(config.precision, d, config.reference) for d in devices}
+    if len(set(dtypes.values())) > 1:
+        shown = ", ".join(f"{d}: {str(t).removeprefix('torch.')}" for d, t in dtypes.items())
+        raise InputError(f"--devices: these devices would compute in different precisions ({shown}), "
+                         "so results would depend on which device ran each shard; use devices of "
+                         "one kind, or set --precision")
+
+
+def _device_ready(monitor: Monitor) -> Callable[[str, dict], None]:
+    """Report each device's start-up, and check every device loaded the same models."""
+    first: dict = {}
+
+    def on_ready(device: str, info: dict) -> None:
+        agreed = {key: info[key] for key in ("identity", "dtype", "feature_dims")}
+        if first and agreed != first:
+            raise WorkerFailed(f"the worker for {device} loaded other models or another precision "
+                               f"than the first device: {agreed} against {first}")
+        first.update(agreed)
+        startup = info.get("startup_s", {})
+        if startup:
+            phases = ", ".join(f"{name} {sec:.1f} s" for name, sec in startup.items() if name != "total")
+            monitor.info(f"{device} ready after {startup.get('total', 0.0):.1f} s ({phases})")
+        monitor.emit("device_ready", device=device, startup_s=startup)
+    return on_ready
+
+
 def prepare_result_dir(path: Path) -> bool:
     """Create the output folder; True when we created it (so a failed run may remove it)."""
     existed = path.is_dir()
@@ -130,6 +159,7 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
     with monitor.stage("check input"):
         check_input_opens(config)
     devices = resolve_devices(config.devices)
+    check_one_precision(config, devices)
     result_dir = config.result_dir
     created = prepare_result_dir(result_dir)  # before loading gigabytes of models
     try:
@@ -143,7 +173,8 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
 def _run_in(config: RunConfig, monitor: Monitor, restart: bool, task_factory, devices,
             result_dir: Path, created: bool, start: float) -> RunOutcome:
     # Each device's worker loads the models itself, once; the parent never touches a GPU.
-    with Engine(functools.partial(task_factory, config), devices) as engine:
+    with Engine(functools.partial(task_factory, config), devices,
+                on_ready=_device_ready(monitor)) as engine:
         engine.launch()
         # The id check reads the whole input: on a large file it takes about as long as the
         # models take to load, so it runs meanwhile. A duplicate still stops the run before

@@ -19,6 +19,7 @@ import logging
 
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -57,10 +58,12 @@ class _Worker:
 
 
 class Engine:
-    """Use as a context manager: start() loads the task on every device, run() streams jobs."""
+    """Use as a context manager: launch() starts loading the task on every device,
+    wait_ready() returns once one is ready, run() streams jobs to every ready device."""
 
     def __init__(self, factory: worker.TaskFactory, devices: list[torch.device], *,
-                 window: int | None = None) -> None:
+                 window: int | None = None,
+                 on_ready: Callable[[str, dict], None] | None = None) -> None:
         self.factory = factory
         self.devices = devices
         self.window = window or 4 * len(devices) + 2
@@ -72,6 +75,7 @@ class Engine:
         self._cpu_threads = torch.get_num_threads()
         self._workers: list[_Worker] = []
         self._on_started: Callable[[int, str], None] | None = None
+        self._on_ready = on_ready  # (device, info) as each worker finishes loading
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -82,7 +86,7 @@ class Engine:
         self._stop_all(graceful=exc_type is None)
 
     def start(self) -> dict:
-        """Start a worker per device and wait until each has loaded; returns the first's info."""
+        """Start a worker per device and wait until one has loaded; returns its info."""
         self.launch()
         return self.wait_ready()
 
@@ -91,11 +95,15 @@ class Engine:
         self._workers = [self._spawn(device) for device in self.devices]
 
     def wait_ready(self) -> dict:
-        """Wait until every launched worker has loaded; returns the first's info."""
-        for w in self._workers:
-            while not w.ready:
-                self._handle(w, self._receive_or_death(w))
-        return self._workers[0].info or {}
+        """Wait until the first launched worker has loaded; returns its info. The others join
+        the run as they finish loading (each announced through `on_ready`): a device that
+        loads a few seconds later no longer holds back the ones that are ready."""
+        while not any(w.ready for w in self._workers):
+            for w, message in self._next_messages():
+                if message is None:
+                    self._died_loading(w)
+                self._handle(w, message)
+        return next(w.info for w in self._workers if w.ready) or {}
 
     def _spawn(self, device: torch.device) -> _Worker:
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
@@ -105,7 +113,7 @@ class Engine:
         else:
             runner = self._context.Process(
                 target=worker.process_main, name=f"virnucpro-worker-{device}", daemon=True,
-                args=(self.factory, device, child_end, self._cpu_threads),
+                args=(self.factory, device, child_end, self._cpu_threads, time.time()),
             )
         runner.start()
         if not self.in_process:
@@ -127,7 +135,7 @@ class Engine:
                 if w.ready:
                     w.process.join(STOP_GRACE_S)
                 continue
-            if not graceful:
+            if not graceful or not w.ready:  # one still loading has nothing to finish
                 w.process.terminate()
             w.process.join(STOP_GRACE_S)
             if w.process.is_alive():
@@ -205,12 +213,6 @@ class Engine:
         except (EOFError, OSError):
             return None
 
-    def _receive_or_death(self, w: _Worker) -> tuple:
-        message = self._recv(w)
-        if message is None:
-            self._died_loading(w)
-        return message
-
     @staticmethod
     def _died_loading(w: _Worker) -> None:
         w.process.join(STOP_GRACE_S)
@@ -224,6 +226,8 @@ class Engine:
         kind = message[0]
         if kind == "ready":
             w.ready, w.info = True, message[1]
+            if self._on_ready is not None:
+                self._on_ready(str(w.device), w.info)
         elif kind == "started":
             w.running = message[1]
             if self._on_started is not None:

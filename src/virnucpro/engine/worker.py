@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import gc
 import os
-import queue
 import signal
-import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 import torch
+
+from virnucpro.background import in_background
 
 
 class Task(Protocol):
@@ -46,28 +47,6 @@ class Task(Protocol):
 TaskFactory = Callable[[torch.device], Task]
 
 
-def _in_background(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """Start fn() on a daemon thread; return a function that waits for its result.
-    Daemon, because the thread may sit in a blocking receive when the loop ends."""
-    box: queue.Queue = queue.Queue(maxsize=1)
-
-    def target() -> None:
-        try:
-            box.put((True, fn()))
-        except BaseException as exc:  # handed to the waiting thread, re-raised there
-            box.put((False, exc))
-
-    threading.Thread(target=target, daemon=True, name="prepare-next").start()
-
-    def result() -> Any:
-        ok, value = box.get()
-        if not ok:
-            raise value
-        return value
-
-    return result
-
-
 def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None], *,
           settle_heap: bool = False) -> None:
     """Run jobs until receive() gives None; job n+1 is received and prepared during job n.
@@ -79,10 +58,10 @@ def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None],
         index, payload = job
         return index, task.prepare(payload)
 
-    pending = _in_background(fetch)
+    pending = in_background(fetch, "prepare-next")
     settle = settle_heap  # on the first job only
     while (current := pending()) is not None:
-        pending = _in_background(fetch)
+        pending = in_background(fetch, "prepare-next")
         index, prepared = current
         send(("started", index))  # lets the parent blame the right job if this process dies
         if settle:
@@ -116,6 +95,15 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def _with_startup(info: dict, entered: float, launched_at: float | None) -> dict:
+    """info plus "startup_s": seconds per start-up phase (the task's own phases, if it
+    reports them, after the process start) and "total"."""
+    phases = {"start process (spawn, imports)": round(entered - launched_at, 2)} if launched_at else {}
+    phases.update(info.get("startup_s", {}))
+    phases["total"] = round(time.time() - (launched_at or entered), 2)
+    return {**info, "startup_s": phases}
+
+
 def _receive(conn: Connection) -> Any:
     try:
         return conn.recv()
@@ -124,13 +112,15 @@ def _receive(conn: Connection) -> Any:
 
 
 def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection,
-         own_process: bool = False) -> None:
-    """The worker body, shared by processes and the in-process thread."""
+         own_process: bool = False, launched_at: float | None = None) -> None:
+    """The worker body, shared by processes and the in-process thread. launched_at: the
+    parent's time.time() when it started this process (reported as start-up time)."""
     try:
+        entered = time.time()
         task = factory(device)
         if own_process:
             freeze_heap()  # the loaded models: scanned once here instead of at every full collection
-        conn.send(("ready", task.info))
+        conn.send(("ready", _with_startup(task.info, entered, launched_at)))
         serve(task, lambda: _receive(conn), conn.send, settle_heap=own_process)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         return  # the parent stopped listening; nothing left to report to
@@ -146,12 +136,12 @@ def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Co
 
 
 def process_main(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection,
-                 cpu_threads: int) -> None:
+                 cpu_threads: int, launched_at: float | None = None) -> None:
     """Entry point of a spawned worker process."""
     # Ctrl-C reaches the whole process group; the parent decides how to stop its workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads)  # the parent's count: see Engine.__init__
-    work(factory, device, conn, own_process=True)
+    work(factory, device, conn, own_process=True, launched_at=launched_at)
     conn.close()
     os._exit(0)  # skip interpreter teardown: a prefetch thread may still block in recv

@@ -98,6 +98,7 @@ class RunRecorder:
         self._embedding_start = 0.0  # first shard started
         self._embedding_end = 0.0  # last shard done
         self._first_done: dict[str, float] = {}  # device -> its first computed shard done
+        self.startup: dict[str, dict] = {}  # device -> seconds per start-up phase
 
     def __call__(self, event: Event) -> None:
         d = event.data
@@ -118,6 +119,8 @@ class RunRecorder:
                 self._first_done.setdefault(d["device"], event.time)
         elif event.kind == "gpu_sample":
             self.gpu.add(event)
+        elif event.kind == "device_ready":
+            self.startup[d["device"]] = dict(d["startup_s"])
         elif event.kind == "run_finished":
             self.stages["predict and write"] = event.time - self._start_time
             self._finish(d)
@@ -145,6 +148,7 @@ class RunRecorder:
             "models": {name: model_entry(ident) for name, ident in s.get("models", {}).items()},
             "wall_seconds": round(finished.get("seconds", 0.0), 3),
             "stage_seconds": {name: round(v, 3) for name, v in self.stages.items()},
+            "startup_seconds_per_device": self.startup,
             "frames": self.frames,
             "tokens": self.tokens,
             "throughput_per_device": self._watch.summary(),

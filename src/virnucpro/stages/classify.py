@@ -9,6 +9,7 @@ ESM-2 in fair-esm's length-sorted 2048-token batches) so speed-ups can be measur
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,11 +17,12 @@ import numpy as np
 import torch
 
 from virnucpro.config import REFERENCE_ESM_TOKENS_PER_BATCH
-from virnucpro.engine.devices import batch_tokens_for
+from virnucpro.engine.devices import MIN_GPU_BATCH_TOKENS, batch_tokens_for
 from virnucpro.engine.batching import budget_batches, one_by_one, packed_batches, reference_batches
 from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.classifier import class_probabilities
-from virnucpro.models.esm2 import PackedBatch, pack_proteins
+from virnucpro.models.esm2 import ESM2, PackedBatch, pack_proteins
+from virnucpro.models.placement import esm_on_device
 from virnucpro.models.protein_alphabet import encode_proteins
 from virnucpro.stages.types import Frame
 
@@ -60,15 +62,6 @@ class FramePredictor:
         self.oom_splits = 0  # batches halved after running out of device memory
         self.fp16_overflows = 0  # shards whose DNABERT-S pass was redone in fp32
         self.tokenizer = bundle.tokenizer
-        # Moved first, then cast: the conversion runs on the device, not on the host's cores
-        # (which several workers share while they all load at once). Weights stored wider than
-        # the compute dtype (an fp32 file) are narrowed on the host first, so the device never
-        # holds the wide copy.
-        esm = bundle.esm
-        stored = next(esm.parameters()).dtype
-        if stored.itemsize > dtype.itemsize:
-            esm = esm.to(dtype=dtype)
-        self.esm = esm.to(device=device).to(dtype=dtype).eval()
         # DNABERT-S (~3% of the FLOPs) keeps fp32 weights; on a GPU's fast path its GEMMs run
         # in fp16 under autocast whatever --precision says: at the same speed as bf16, its
         # embeddings came out far closer to fp32 (worst-frame cosine 0.99999 vs 0.9991, largest
@@ -80,11 +73,29 @@ class FramePredictor:
             self.dnabert.to(dtype=dtype)
         # The classifier is tiny; fp32 keeps its scores comparable to the original's.
         self.classifier = bundle.classifier.to(device=device, dtype=torch.float32).eval()
-        # Sized after the models are resident, from the memory they leave free.
-        self.batch_tokens = batch_tokens or batch_tokens_for(device, self.esm.embed_dim)
         self.compiled = bool(compile) and self.packed
+        self.compile_seconds = 0.0  # compiling and the warm-up shard, on its own thread
+        # Enough for the warm-up's few frames; sized from the free memory once ESM-2 is resident.
+        self.batch_tokens = batch_tokens or MIN_GPU_BATCH_TOKENS
         if self.compiled:
-            compile_packed_layers(self.esm, mode=None if compile is True else compile)
+            # Compiled on an empty copy while the weights are copied in (models/placement.py):
+            # the first shard then runs at full speed, and start-up pays for the slower of the
+            # two instead of both.
+            mode = None if compile is True else compile
+            self.esm, self.copy_seconds = esm_on_device(
+                bundle.esm, device, dtype, while_copying=lambda esm: self._compile(esm, mode))
+        else:
+            self.esm, self.copy_seconds = esm_on_device(bundle.esm, device, dtype)
+        self.batch_tokens = batch_tokens or batch_tokens_for(device, self.esm.embed_dim)
+
+    def _compile(self, esm: ESM2, mode: str | None) -> None:
+        """Compile ESM-2's packed layers and run a small shard through everything, so every
+        kernel is compiled (or fetched from the on-disk cache) and loaded before real work."""
+        t0 = time.perf_counter()
+        compile_packed_layers(esm, mode=mode)
+        self.esm = esm
+        self.predict(warm_up_frames())
+        self.compile_seconds = time.perf_counter() - t0
 
     def prepare(self, frames: Sequence[Frame]) -> PreparedShard:
         """Host-side work for a shard (tokenize, plan batches, pin memory). Thread-safe and
@@ -199,6 +210,17 @@ class FramePredictor:
             out[torch.from_numpy(rows).to(self.device, non_blocking=True)] = pooled
         assert out is not None
         return out
+
+
+def warm_up_frames() -> list[Frame]:
+    """A few frames of different lengths (proteins of 8, 49 and 166 residues, the codons to
+    match): enough to compile every kernel of the packed path for any batch size."""
+    residues = "ACDEFGHIKLMNPQRSTVWY"
+    frames = []
+    for n, length in enumerate((8, 49, 166)):
+        aa = "M" + (residues * 9)[n : n + length - 1]
+        frames.append(Frame(f"warm_up_{n}", ("ATG" + "GCA" * (length - 1))[: 3 * length], aa))
+    return frames
 
 
 def compile_packed_layers(esm: torch.nn.Module, mode: str | None = None) -> None:

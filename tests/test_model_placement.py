@@ -1,0 +1,62 @@
+"""ESM-2 put on its compute device tensor by tensor, with compilation beside the copy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from virnucpro.config import RunConfig
+from virnucpro.errors import InputError
+from virnucpro.models import demo
+from virnucpro.models.placement import esm_on_device
+from virnucpro.pipeline import check_one_precision
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def stored_fp16():
+    """A demo ESM-2 as the released file keeps it: fp16 weights, fp32 rotary bits."""
+    return demo.demo_esm().half()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_placed_weights_equal_a_plain_cast(stored_fp16, dtype):
+    placed, seconds = esm_on_device(stored_fp16, CPU, dtype)
+    expected = stored_fp16.to(dtype).state_dict()
+    got = placed.state_dict()
+    assert got.keys() == expected.keys() and seconds >= 0
+    for name, tensor in got.items():
+        assert tensor.dtype == expected[name].dtype and torch.equal(tensor, expected[name]), name
+    assert not placed.training and not any(p.requires_grad for p in placed.parameters())
+    assert placed is not stored_fp16
+
+
+def test_while_copying_gets_the_device_module_with_its_rotary_tables_in_place(stored_fp16):
+    seen = {}
+
+    def look(target):
+        seen["module"] = target
+        seen["bits"] = [layer.self_attn.rotary.inv_freq_bits.clone() for layer in target.layers]
+
+    placed, _ = esm_on_device(stored_fp16, CPU, torch.float32, while_copying=look)
+    assert seen["module"] is placed
+    for bits, layer in zip(seen["bits"], stored_fp16.layers, strict=True):
+        assert torch.equal(bits, layer.self_attn.rotary.inv_freq_bits)  # before any forward pass
+
+
+def test_an_error_while_copying_reaches_the_caller(stored_fp16):
+    def broken(target):
+        raise RuntimeError("compiler exploded")
+
+    with pytest.raises(RuntimeError, match="compiler exploded"):
+        esm_on_device(stored_fp16, CPU, torch.float32, while_copying=broken)
+
+
+def test_devices_that_would_compute_in_different_precisions_are_refused(tmp_path):
+    mixed = [CPU, torch.device("cuda", 0)]  # fp32 on the CPU, bf16 on the GPU by default
+    config = RunConfig(input=tmp_path / "x.fa", chunk_len=300)
+    with pytest.raises(InputError, match=r"different precisions \(cpu: float32, cuda:0: bfloat16\)"):
+        check_one_precision(config, mixed)
+    check_one_precision(RunConfig(input=tmp_path / "x.fa", chunk_len=300, precision="fp32"), mixed)
+    check_one_precision(config, [CPU, CPU])
