@@ -220,3 +220,20 @@ def test_gpu_compiled_beside_the_copy_computes_with_the_copied_weights(esm):
     cos = torch.nn.functional.cosine_similarity(torch.from_numpy(got.protein_embeddings),
                                                 torch.from_numpy(expected.protein_embeddings), dim=1)
     assert cos.min() > 0.9999
+
+
+def test_layers_are_compiled_in_inductors_deterministic_mode(monkeypatch):
+    """Without it each worker process times candidate reduction kernels on its own GPU and
+    keeps the fastest; they round differently, so result files differed between 1, 2 and 4
+    GPUs (seen on the device). The switch must reach every layer's compile call."""
+    from virnucpro.stages import classify
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+    esm = demo.demo_esm()
+    classify.compile_packed_layers(esm)
+    assert len(calls) == esm.num_layers
+    assert all(c["options"].get("deterministic") is True and c["dynamic"] for c in calls)
+    classify.compile_packed_layers(esm, mode="max-autotune")  # a mode's own options are kept
+    assert calls[-1]["options"]["max_autotune"] is True and calls[-1]["options"]["deterministic"] is True
+    classify.uncompile_packed_layers(esm)

@@ -73,6 +73,9 @@ class Engine:
         # kernels' reductions depend on it, and outputs must not depend on the device count
         # (several CPU workers then oversubscribe the cores; `cpu,cpu` is for testing).
         self._cpu_threads = torch.get_num_threads()
+        # A GPU worker's host work (copying weights in at start, tokenizing) gets its share
+        # of the cores: N workers each spinning up every core's thread oversubscribe them.
+        self._gpu_worker_threads = max(1, self._cpu_threads // len(devices))
         self._workers: list[_Worker] = []
         self._on_started: Callable[[int, str], None] | None = None
         self._on_ready = on_ready  # (device, info) as each worker finishes loading
@@ -113,7 +116,9 @@ class Engine:
         else:
             runner = self._context.Process(
                 target=worker.process_main, name=f"virnucpro-worker-{device}", daemon=True,
-                args=(self.factory, device, child_end, self._cpu_threads, time.time()),
+                args=(self.factory, device, child_end,
+                      self._cpu_threads if device.type == "cpu" else self._gpu_worker_threads,
+                      time.time()),
             )
         runner.start()
         if not self.in_process:

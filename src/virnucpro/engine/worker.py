@@ -140,8 +140,7 @@ def process_main(factory: Callable[[torch.device], Task], device: torch.device, 
     """Entry point of a spawned worker process."""
     # Ctrl-C reaches the whole process group; the parent decides how to stop its workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_threads)  # the parent's count: see Engine.__init__
+    torch.set_num_threads(cpu_threads)  # see Engine.__init__
     work(factory, device, conn, own_process=True, launched_at=launched_at)
     conn.close()
     os._exit(0)  # skip interpreter teardown: a prefetch thread may still block in recv

@@ -226,9 +226,32 @@ def warm_up_frames() -> list[Frame]:
 def compile_packed_layers(esm: torch.nn.Module, mode: str | None = None) -> None:
     """torch.compile each ESM-2 layer's packed forward (fuses LayerNorm, rotary, GELU and
     residual adds around the GEMMs). Token counts vary per batch: dynamic shapes, so one
-    compilation serves every batch; the layers share code, so they share the compiled graph."""
+    compilation serves every batch; the layers share code, so they share the compiled graph.
+
+    In Inductor's deterministic mode: otherwise each process times its candidate reduction
+    kernels (LayerNorm's block size and warps) on its own GPU and keeps the fastest, and those
+    candidates sum in different orders. Two workers could then compute the same shard with
+    different roundings, and results would depend on the device count (seen on 4 H200s: the
+    1-, 2- and 4-GPU result files differed)."""
+    options = compile_options(mode)
     for layer in esm.layers:
-        layer.forward_packed = torch.compile(layer.forward_packed, dynamic=True, mode=mode)
+        layer.forward_packed = torch.compile(layer.forward_packed, dynamic=True, options=options)
+
+
+def compile_options(mode: str | None) -> dict:
+    """Inductor options: those of `mode` (None: the default), made deterministic where this
+    PyTorch has the switch (older ones get a warning)."""
+    import torch._inductor
+    import torch._inductor.config
+
+    options = dict(torch._inductor.list_mode_options(mode, dynamic=True)) if mode else {}
+    if hasattr(torch._inductor.config, "deterministic"):
+        options["deterministic"] = True
+    else:
+        log.warning("this PyTorch (%s) has no deterministic mode for torch.compile: results may "
+                    "differ in the last bits between devices; --no-compile avoids that",
+                    torch.__version__)
+    return options
 
 
 def uncompile_packed_layers(esm: torch.nn.Module) -> None:
