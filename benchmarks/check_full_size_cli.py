@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,8 @@ from classifier_factory import save_released_classifier  # noqa: E402
 from dnabert_factory import make_dnabert_folder  # noqa: E402
 
 from virnucpro.models.esm2 import ESM2  # noqa: E402
+from virnucpro.stages.write import HIGHEST_NAME, RESULTS_NAME  # noqa: E402
+from virnucpro.store import STORE_DIRNAME  # noqa: E402
 
 DNABERT_COMMIT = "0" * 40
 
@@ -85,15 +89,30 @@ def write_models(root: Path) -> dict[str, str]:
     return env
 
 
-def predict(sample: Path, out: Path, devices: str, env: dict[str, str], keep: Path) -> dict:
+def predict(sample: Path, out: Path, devices: str, env: dict[str, str], keep: Path,
+            stop_after: float | None = None) -> dict:
+    """Time `virnucpro predict` as a process. stop_after: interrupt it with SIGINT (a clean
+    stop that keeps every finished shard) after that many seconds; rerun to resume."""
     log_file = keep / "virnucpro.log"
     keep.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "virnucpro", "predict", str(sample), "300", "-o", str(out),
            "--devices", devices, "--monitor-interval", "2", "--log-file", str(log_file)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+    interrupted = False
+    try:
+        _, stderr = proc.communicate(timeout=stop_after)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate()
+        interrupted = True
     wall = time.perf_counter() - t0
-    print(proc.stderr[-4000:], flush=True)
+    print(stderr[-4000:], flush=True)
+    if interrupted:
+        stored = out / STORE_DIRNAME
+        return {"command": " ".join(cmd[1:]), "devices": devices, "wall_s": round(wall, 1),
+                "interrupted_after_s": stop_after, "exit_code": proc.returncode,
+                "stored_shards": len(list(stored.glob("shard_*.npz"))) if stored.is_dir() else 0}
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
     keep_monitor_files(out, keep)
@@ -103,7 +122,9 @@ def predict(sample: Path, out: Path, devices: str, env: dict[str, str], keep: Pa
             "stage_seconds": summary["stage_seconds"],
             "startup_seconds_per_device": summary.get("startup_seconds_per_device"),
             "throughput_per_device": summary["throughput_per_device"],
-            "gpu": summary["gpu"], "warnings": summary["warnings"], "models": summary["models"]}
+            "gpu": summary["gpu"], "warnings": summary["warnings"], "models": summary["models"],
+            "result_sha256": {name: hashlib.sha256((out / name).read_bytes()).hexdigest()
+                              for name in (RESULTS_NAME, HIGHEST_NAME)}}
 
 
 def main() -> None:
@@ -117,8 +138,12 @@ def main() -> None:
     ap.add_argument("--one-gpu-too", action="store_true", help="also run on cuda:0 alone (after the others)")
     ap.add_argument("--no-warm-up", action="store_true", help="skip the short untimed first run")
     ap.add_argument("--cache", type=Path, default=None,
-                    help="keep the models and the input here and reuse them when present "
-                         "(several invocations on one machine); default: a temporary folder")
+                    help="keep the models, the input and the result folders here and reuse them "
+                         "(several invocations on one machine; a rerun resumes an interrupted "
+                         "run); default: a temporary folder")
+    ap.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                    help="interrupt each timed run with SIGINT after this long (it keeps its "
+                         "finished shards; the same command again resumes it)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("check_full_size_cli needs a CUDA GPU")
@@ -145,10 +170,10 @@ def main() -> None:
         report["runs"] = []
         for n, devices in enumerate(runs):
             name = f"run{n}_{devices.replace(',', '+').replace(':', '')}"
-            result = predict(sample, work / name, devices, env, args.out / name)
-            if n:
-                first = report["runs"][0]
-                result["outputs_identical_to_first"] = same_results(work / name, work / first["name"])
+            result = predict(sample, cache / name, devices, env, args.out / name, args.stop_after)
+            first = report["runs"][0] if report["runs"] else None
+            if first and "result_sha256" in first and "result_sha256" in result:
+                result["outputs_identical_to_first"] = same_results(cache / name, cache / first["name"])
                 result["speedup_end_to_end_over_first"] = round(first["wall_s"] / result["wall_s"], 3)
             report["runs"].append({"name": name, **result})
             (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
