@@ -53,7 +53,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="auto = bf16 on GPUs, fp32 on CPUs (default auto)")
     p.add_argument("--batch-tokens", type=int, help="token budget per batch (default: by device)")
     p.add_argument("--no-compile", action="store_true",
-                   help="skip torch.compile of ESM-2 on GPUs (saves ~10 s of start-up, ~20%% slower)")
+                   help="skip torch.compile of ESM-2 on GPUs (a few seconds less start-up, ~20%% slower)")
     p.add_argument("--keep-intermediate", action="store_true",
                    help="also write the original's intermediate FASTA files")
     p.add_argument("--reference", action="store_true",

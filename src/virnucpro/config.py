@@ -42,7 +42,7 @@ class RunConfig:
     save_embeddings: bool = False  # per-frame DNABERT-S and ESM-2 embeddings beside the results
     batch_tokens: int | None = None  # token budget per batch; None: sized from the device
     shard_tokens: int = 200_000  # protein tokens per shard (a few seconds of one GPU's work)
-    compile: bool = True  # torch.compile ESM-2's layers on the GPU fast path (~10 s once per worker)
+    compile: bool = True  # torch.compile ESM-2's layers on the GPU fast path (once per worker, beside the weight copy)
     quiet: bool = False
 
     def __post_init__(self) -> None:
