@@ -169,7 +169,8 @@ def main() -> None:
             report["warm_up"] = predict(warm, work / "out_warm", "cuda:0", env, args.out / "warm_up")
         report["runs"] = []
         for n, devices in enumerate(runs):
-            name = f"run{n}_{devices.replace(',', '+').replace(':', '')}"
+            # the input size in the name: a kept result folder is only resumed by the same run
+            name = f"run{n}_{devices.replace(',', '+').replace(':', '')}_{args.bases}bp"
             result = predict(sample, cache / name, devices, env, args.out / name, args.stop_after)
             first = report["runs"][0] if report["runs"] else None
             if first and "result_sha256" in first and "result_sha256" in result:

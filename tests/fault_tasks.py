@@ -68,6 +68,19 @@ def times_ten_one_loads_slowly(marker: Path, load_seconds: float, job_seconds: f
     return TimesTen(None, None, pause=job_seconds)
 
 
+def times_ten_one_fails_loading(marker: Path, how: str, device) -> TimesTen:
+    """The first worker to start loads at once; any other fails 0.5 s later, by SIGKILL
+    (how="dies") or by raising (how="raises")."""
+    try:
+        marker.open("x").close()
+    except FileExistsError:
+        time.sleep(0.5)
+        if how == "dies":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError("this device's driver is broken (simulated)")
+    return TimesTen(None, None, pause=0.02)
+
+
 def times_ten_dies_once_at_3(marker: Path, device) -> TimesTen:
     return TimesTen(3, marker)
 
@@ -91,3 +104,9 @@ class _DiesOnShard(FrameTask):
 def frame_task_dies_once_on_shard_2(config: RunConfig, device) -> FrameTask:
     marker = config.input.parent / "worker_died_on_shard_2"
     return _DiesOnShard(make_frame_task(config, device), 2, marker)
+
+
+def always_dies_loading(device) -> TimesTen:
+    """Every worker SIGKILLs itself while loading: nothing can run."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")

@@ -197,3 +197,19 @@ def test_kill_minus_nine_at_random_moments_then_rerun(tmp_path, reference):
         assert outputs(result_dir) == reference, f"trial {trial}"
         leftovers = [p.name for p in result_dir.iterdir() if p.name.startswith(".")]
         assert leftovers == [], f"trial {trial}: {leftovers}"
+
+
+def test_a_mix_of_the_cpu_and_gpus_is_refused(tmp_path):
+    """CPU and GPU kernels round differently (and default to fp32 and bf16): results would
+    depend on which device ran each shard. Refused whatever --precision says."""
+    import torch
+
+    from virnucpro.errors import InputError
+
+    mixed = [torch.device("cpu"), torch.device("cuda", 0)]
+    for precision, shown in (("auto", r"cpu: float32, cuda:0: bfloat16"), ("fp32", r"cpu: float32, cuda:0: float32")):
+        config = RunConfig(input=tmp_path / "x.fa", chunk_len=300, precision=precision)
+        with pytest.raises(InputError, match=rf"mixes the CPU and GPUs \({shown}\)"):
+            pipeline.check_one_device_kind(config, mixed)
+    pipeline.check_one_device_kind(RunConfig(input=tmp_path / "x.fa", chunk_len=300),
+                                   [torch.device("cpu"), torch.device("cpu")])

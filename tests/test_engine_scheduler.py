@@ -82,34 +82,68 @@ def test_two_worker_processes_give_the_same_order():
 
 
 def run_with_one_slow_loader(tmp_path, load_seconds, job_seconds, n):
+    """Two worker processes, one loading `load_seconds` longer; returns the results, the
+    infos of the workers that became ready, and (time of the first result, times of ready)."""
+    import time
+
     factory = functools.partial(fault_tasks.times_ten_one_loads_slowly, tmp_path / "first",
                                 load_seconds, job_seconds)
     ready: list[dict] = []
-    with Engine(factory, [CPU, CPU], on_ready=lambda device, info: ready.append(info)) as engine:
+    ready_at: list[float] = []
+    results_at: list[float] = []
+
+    def on_ready(device, info, restarts):
+        ready.append(info)
+        ready_at.append(time.monotonic())
+
+    with Engine(factory, [CPU, CPU], on_ready=on_ready) as engine:
         engine.launch()
         engine.wait_ready()
-        out = list(engine.run(jobs(n), on_result=lambda *_: None))
-    return out, ready
+        out = list(engine.run(jobs(n), on_result=lambda *_: results_at.append(time.monotonic())))
+    return out, ready, results_at[0], ready_at
 
 
 def test_jobs_start_on_the_first_ready_worker_and_the_other_joins(tmp_path):
-    out, ready = run_with_one_slow_loader(tmp_path, load_seconds=1.0, job_seconds=0.05, n=80)
-    assert out == [(i, i * 10) for i in range(80)]
+    out, ready, first_result, ready_at = run_with_one_slow_loader(tmp_path, 1.0, 0.05, n=200)
+    assert out == [(i, i * 10) for i in range(200)]
     assert len(ready) == 2  # the slow one joined the run (and was announced) once loaded
+    assert first_result < ready_at[1]  # work began before the second device was ready
     assert all(info["startup_s"]["total"] > 0 for info in ready)
-    assert max(info["startup_s"]["total"] for info in ready) >= 1.0
 
 
-def test_a_worker_still_loading_when_the_run_ends_is_not_waited_for(tmp_path):
+def test_a_worker_still_loading_when_the_run_ends_is_not_waited_for(tmp_path, monkeypatch):
     """A tiny input can be done before every device has loaded: the run ends then, and the
-    worker still loading is stopped instead of holding the exit for its full load."""
+    worker still loading is stopped at once, not given the grace time a working one gets."""
     import time
 
+    from virnucpro.engine import scheduler
+
+    monkeypatch.setattr(scheduler, "STOP_GRACE_S", 120.0)
     t0 = time.monotonic()
-    out, ready = run_with_one_slow_loader(tmp_path, load_seconds=60.0, job_seconds=0.002, n=10)
+    out, ready, _, _ = run_with_one_slow_loader(tmp_path, 60.0, 0.002, n=10)
     assert out == [(i, i * 10) for i in range(10)]
     assert len(ready) == 1
-    assert time.monotonic() - t0 < 30  # well under the 60 s the slow worker would take
+    assert time.monotonic() - t0 < 50  # neither its 60 s load nor the 120 s grace
+
+
+@pytest.mark.parametrize("how", ["dies", "raises"])
+def test_a_device_that_fails_to_load_while_another_works_is_dropped(tmp_path, how):
+    """One broken device must not sink a run the others can do: it is dropped with a
+    warning, whether it fails before or after the first device is ready."""
+    warnings: list[str] = []
+    factory = functools.partial(fault_tasks.times_ten_one_fails_loading, tmp_path / "first", how)
+    with Engine(factory, [CPU, CPU], warn=warnings.append) as engine:
+        engine.launch()
+        engine.wait_ready()
+        out = list(engine.run(jobs(150), on_result=lambda *_: None))
+    assert out == [(i, i * 10) for i in range(150)]
+    assert len(warnings) == 1 and "the run goes on without it" in warnings[0]
+    assert ("died while loading" if how == "dies" else "driver is broken (simulated)") in warnings[0]
+
+
+def test_a_device_that_fails_to_load_alone_stops_the_run():
+    with pytest.raises(WorkerFailed, match="died while loading the models"):
+        run_all(fault_tasks.always_dies_loading, [CPU, CPU], n=4)
 
 
 def test_killed_worker_has_its_job_requeued(tmp_path):

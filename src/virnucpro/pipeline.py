@@ -111,22 +111,23 @@ def iter_frames(config: RunConfig, monitor: Monitor, files: IntermediateFiles) -
         t0 = time.perf_counter()
 
 
-def check_one_precision(config: RunConfig, devices: list[torch.device]) -> None:
-    """Every device must compute in the same dtype, or results would depend on which device
-    ran each shard (the CPU defaults to fp32, GPUs to bf16)."""
-    dtypes = {str(d): resolve_dtype(config.precision, d, config.reference) for d in devices}
-    if len(set(dtypes.values())) > 1:
-        shown = ", ".join(f"{d}: {str(t).removeprefix('torch.')}" for d, t in dtypes.items())
-        raise InputError(f"--devices: these devices would compute in different precisions ({shown}), "
-                         "so results would depend on which device ran each shard; use devices of "
-                         "one kind, or set --precision")
+def check_one_device_kind(config: RunConfig, devices: list[torch.device]) -> None:
+    """CPUs and GPUs compute differently (other kernels, and by default other precisions),
+    so a run mixing them would give results that depend on which device ran each shard."""
+    kinds = {d.type for d in devices}
+    if len(kinds) > 1:
+        shown = ", ".join(f"{d}: {str(resolve_dtype(config.precision, d, config.reference)).removeprefix('torch.')}"
+                          for d in devices)
+        raise InputError(f"--devices mixes the CPU and GPUs ({shown}); their results differ in the "
+                         "last digits, so they would depend on which device ran each shard: use "
+                         "GPUs only, or the CPU only")
 
 
-def _device_ready(monitor: Monitor) -> Callable[[str, dict], None]:
+def _device_ready(monitor: Monitor) -> Callable[[str, dict, int], None]:
     """Report each device's start-up, and check every device loaded the same models."""
     first: dict = {}
 
-    def on_ready(device: str, info: dict) -> None:
+    def on_ready(device: str, info: dict, restarts: int) -> None:
         agreed = {key: info[key] for key in ("identity", "dtype", "feature_dims")}
         if first and agreed != first:
             raise WorkerFailed(f"the worker for {device} loaded other models or another precision "
@@ -135,8 +136,9 @@ def _device_ready(monitor: Monitor) -> Callable[[str, dict], None]:
         startup = info.get("startup_s", {})
         if startup:
             phases = ", ".join(f"{name} {sec:.1f} s" for name, sec in startup.items() if name != "total")
-            monitor.info(f"{device} ready after {startup.get('total', 0.0):.1f} s ({phases})")
-        monitor.emit("device_ready", device=device, startup_s=startup)
+            again = " (restarted)" if restarts else ""
+            monitor.info(f"{device}{again} ready after {startup.get('total', 0.0):.1f} s ({phases})")
+        monitor.emit("device_ready", device=device, startup_s=startup, restarts=restarts)
     return on_ready
 
 
@@ -159,7 +161,7 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
     with monitor.stage("check input"):
         check_input_opens(config)
     devices = resolve_devices(config.devices)
-    check_one_precision(config, devices)
+    check_one_device_kind(config, devices)
     result_dir = config.result_dir
     created = prepare_result_dir(result_dir)  # before loading gigabytes of models
     try:
@@ -174,7 +176,7 @@ def _run_in(config: RunConfig, monitor: Monitor, restart: bool, task_factory, de
             result_dir: Path, created: bool, start: float) -> RunOutcome:
     # Each device's worker loads the models itself, once; the parent never touches a GPU.
     with Engine(functools.partial(task_factory, config), devices,
-                on_ready=_device_ready(monitor)) as engine:
+                on_ready=_device_ready(monitor), warn=monitor.warn) as engine:
         engine.launch()
         # The id check reads the whole input: on a large file it takes about as long as the
         # models take to load, so it runs meanwhile. A duplicate still stops the run before
@@ -210,6 +212,9 @@ def _run_in(config: RunConfig, monitor: Monitor, restart: bool, task_factory, de
                     writer.add(result.ids, result.score1, result.score2)
                     tally.frames += len(result.ids)
                     tally.shards += 1
+            if late := engine.loading():
+                monitor.info(f"{', '.join(late)} still loading when the work ran out; "
+                             "the other device(s) did it all")
             if tally.frames == 0:
                 monitor.warn(f"{config.input}: no chunk has a stop-free reading frame; "
                              "the result files hold headers only")

@@ -10,6 +10,9 @@
   of devices or any timing; `on_result` sees each result as soon as it arrives (to persist it).
 - A worker that dies has its jobs requeued and is restarted; the job it was running when it
   died gets a strike, and a job with two strikes fails the run with WorkerFailed naming it.
+- Jobs start as soon as one worker has loaded; the others join when they have. One that dies
+  or fails while loading is dropped with a warning while another device can go on (a
+  configuration error, VirnucproError, stops the run: it would fail on every device).
 - With one device the worker runs in a thread of this process (same code, no subprocess).
 """
 
@@ -55,6 +58,7 @@ class _Worker:
     info: dict | None = None
     jobs: list[int] = field(default_factory=list)  # assigned, not finished
     running: int | None = None
+    restarts: int = 0  # times this device's worker was replaced after dying
 
 
 class Engine:
@@ -63,7 +67,8 @@ class Engine:
 
     def __init__(self, factory: worker.TaskFactory, devices: list[torch.device], *,
                  window: int | None = None,
-                 on_ready: Callable[[str, dict], None] | None = None) -> None:
+                 on_ready: Callable[[str, dict, int], None] | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.factory = factory
         self.devices = devices
         self.window = window or 4 * len(devices) + 2
@@ -78,7 +83,8 @@ class Engine:
         self._gpu_worker_threads = max(1, self._cpu_threads // len(devices))
         self._workers: list[_Worker] = []
         self._on_started: Callable[[int, str], None] | None = None
-        self._on_ready = on_ready  # (device, info) as each worker finishes loading
+        self._on_ready = on_ready  # (device, info, restarts) as each worker finishes loading
+        self._warn = warn or log.warning
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -102,10 +108,15 @@ class Engine:
         the run as they finish loading (each announced through `on_ready`): a device that
         loads a few seconds later no longer holds back the ones that are ready."""
         while not any(w.ready for w in self._workers):
-            for w, message in self._next_messages():
+            # "ready" first: a device that fails beside one that is ready does not stop the run
+            batch = sorted(self._next_messages(), key=lambda m: m[1] is None or m[1][0] != "ready")
+            for w, message in batch:
+                if w not in self._workers:
+                    continue
                 if message is None:
-                    self._died_loading(w)
-                self._handle(w, message)
+                    self._lost_while_loading(w)
+                else:
+                    self._handle(w, message)
         return next(w.info for w in self._workers if w.ready) or {}
 
     def _spawn(self, device: torch.device) -> _Worker:
@@ -173,7 +184,12 @@ class Engine:
                 while w.ready and len(w.jobs) < JOBS_PER_WORKER and (job := state.take()) is not None:
                     w.jobs.append(job.index)
                     w.conn.send((job.index, job.payload))
-            for w, message in self._next_messages():
+            # Results first: an error raised while handling another message must not lose a
+            # result that already arrived (it would be recomputed on resume).
+            batch = sorted(self._next_messages(), key=lambda m: m[1] is None or m[1][0] != "done")
+            for w, message in batch:
+                if w not in self._workers:
+                    continue  # dropped earlier in this batch
                 if message is None:
                     self._replace_dead(w, state)
                 elif message[0] == "done":
@@ -232,7 +248,7 @@ class Engine:
         if kind == "ready":
             w.ready, w.info = True, message[1]
             if self._on_ready is not None:
-                self._on_ready(str(w.device), w.info)
+                self._on_ready(str(w.device), w.info, w.restarts)
         elif kind == "started":
             w.running = message[1]
             if self._on_started is not None:
@@ -240,7 +256,11 @@ class Engine:
         elif kind == "error":
             _, exc, text = message
             if isinstance(exc, VirnucproError):
-                raise exc
+                raise exc  # the input or the models: the same on every device
+            if not w.ready and self._others(w):
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
+                self._drop(w, f"failed while loading the models ({type(exc).__name__}: {first_line})")
+                return
             log.debug("worker %s traceback:\n%s", w.device, text)
             where = f" on shard {w.running}" if w.running is not None else ""
             first_line = str(exc).splitlines()[0] if str(exc) else ""
@@ -251,7 +271,8 @@ class Engine:
 
     def _replace_dead(self, w: _Worker, state: "_RunState") -> None:
         if not w.ready:
-            self._died_loading(w)  # restarting would only die again
+            self._lost_while_loading(w)  # restarting would only die again
+            return
         w.process.join(STOP_GRACE_S)
         code = w.process.exitcode
         # The job it was running; before its first "started", the one it was preparing (else a
@@ -266,7 +287,34 @@ class Engine:
                 )
         state.requeue(w.jobs)
         w.conn.close()
-        self._workers[self._workers.index(w)] = self._spawn(w.device)
+        replacement = self._spawn(w.device)
+        replacement.restarts = w.restarts + 1
+        self._workers[self._workers.index(w)] = replacement
+
+    def _lost_while_loading(self, w: _Worker) -> None:
+        """A worker died before it was ready: the run goes on without it while another device
+        is working or loading, else it stops here."""
+        if not self._others(w):
+            self._died_loading(w)
+        w.process.join(STOP_GRACE_S)
+        self._drop(w, f"died while loading the models (exit code {getattr(w.process, 'exitcode', None)})")
+
+    def _others(self, w: _Worker) -> bool:
+        return any(other is not w for other in self._workers)
+
+    def _drop(self, w: _Worker, what: str) -> None:
+        """Go on without a device that could not load while others can: a retry would load
+        the same models the same way, and it holds no jobs (only ready workers get them)."""
+        self._warn(f"the worker for {w.device} {what}; the run goes on without it")
+        if not isinstance(w.process, threading.Thread) and w.process.is_alive():
+            w.process.terminate()
+            w.process.join(STOP_GRACE_S)
+        w.conn.close()
+        self._workers.remove(w)
+
+    def loading(self) -> list[str]:
+        """Devices whose worker has not finished loading (e.g. when a small run ends first)."""
+        return [str(w.device) for w in self._workers if not w.ready]
 
 
 class _RunState:

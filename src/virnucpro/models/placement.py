@@ -15,6 +15,7 @@ values copied in afterwards are the ones it computes with.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,8 @@ import torch
 
 from virnucpro.background import in_background
 from virnucpro.models.esm2 import ESM2
+
+log = logging.getLogger("virnucpro")
 
 
 def esm_on_device(esm: ESM2, device: torch.device, dtype: torch.dtype, *,
@@ -44,9 +47,14 @@ def esm_on_device(esm: ESM2, device: torch.device, dtype: torch.dtype, *,
         _copy_parameters(esm, target, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the casts are queued on the device
-        copy_seconds = time.perf_counter() - t0
-    finally:
-        done()
+    except BaseException:
+        try:
+            done()  # the thread uses the module: let it finish before the error unwinds
+        except BaseException as beside:  # likely a consequence; the copy's error is the news
+            log.debug("also failed beside the copy: %s: %s", type(beside).__name__, beside)
+        raise
+    copy_seconds = time.perf_counter() - t0
+    done()
     return target, copy_seconds
 
 

@@ -120,7 +120,8 @@ class RunRecorder:
         elif event.kind == "gpu_sample":
             self.gpu.add(event)
         elif event.kind == "device_ready":
-            self.startup[d["device"]] = dict(d["startup_s"])
+            # a device's first start; a worker restarted after a crash starts again
+            self.startup.setdefault(d["device"], dict(d["startup_s"]))
         elif event.kind == "run_finished":
             self.stages["predict and write"] = event.time - self._start_time
             self._finish(d)
