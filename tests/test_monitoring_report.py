@@ -128,6 +128,7 @@ def test_report_is_self_contained_and_draws_the_first_sequences(finished_run):
         assert strokes == [svg.VIRUS if virus else svg.OTHER for _, virus in chunks], record
     html = (result_dir / "report.html").read_text()
     assert "No GPU metrics" in html and f"{len(result_rows(result_dir)):,} frames" in html
+    assert re.search(r"<th>start-up: cpu</th><td>ready after [0-9.]+ s \(read models [0-9.]+ s", html)
 
 
 def fake_metrics(result_dir: Path) -> None:

@@ -34,6 +34,7 @@ from virnucpro.frame_task import KnownEmbeddings, ShardWork, make_frame_task
 from virnucpro.legacy import FrameWithKnown, attach_legacy, has_legacy_files, legacy_identity
 from virnucpro.models.load import file_identity
 from virnucpro.monitor import Monitor
+from virnucpro.monitoring.summary import describe_startup
 from virnucpro.stages.chunk import iter_chunks
 from virnucpro.stages.read import ReadPosition, find_duplicate_ids, read_records
 from virnucpro.stages.translate import select_frames
@@ -135,9 +136,7 @@ def _device_ready(monitor: Monitor) -> Callable[[str, dict, int], None]:
         first.update(agreed)
         startup = info.get("startup_s", {})
         if startup:
-            phases = ", ".join(f"{name} {sec:.1f} s" for name, sec in startup.items() if name != "total")
-            again = " (restarted)" if restarts else ""
-            monitor.info(f"{device}{again} ready after {startup.get('total', 0.0):.1f} s ({phases})")
+            monitor.info(f"{device}{' (restarted)' if restarts else ''} {describe_startup(startup)}")
         monitor.emit("device_ready", device=device, startup_s=startup, restarts=restarts)
     return on_ready
 

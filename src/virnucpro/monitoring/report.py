@@ -18,7 +18,7 @@ from pathlib import Path
 from virnucpro.errors import InputError
 from virnucpro.monitoring import svg
 from virnucpro.monitoring.gpu import METRICS_NAME, read_metrics
-from virnucpro.monitoring.summary import SUMMARY_NAME
+from virnucpro.monitoring.summary import SUMMARY_NAME, describe_startup
 from virnucpro.stages.write import RESULTS_NAME
 
 REPORT_NAME = "report.html"
@@ -103,6 +103,8 @@ def _run_section(summary: dict | None) -> str:
             ("tokens", f"{summary['tokens']:,}"), ("wall time", f"{summary['wall_seconds']:.1f} s"),
             ("versions", f"virnucpro {v['virnucpro']}, torch {v['torch']}, python {v['python']}")]
     rows += [(f"stage: {k}", f"{s:.2f} s") for k, s in summary["stage_seconds"].items()]
+    rows += [(f"start-up: {device}", describe_startup(phases))
+             for device, phases in summary.get("startup_seconds_per_device", {}).items()]
     rows += [(f"model: {k}", m["identity"]) for k, m in summary["models"].items()]
     warnings = "".join(f"<li>{escape(w)}</li>" for w in summary["warnings"]) or "<li>none</li>"
     return f"<section id='run'><h2>Run</h2>{_table(rows)}<h3>Warnings</h3><ul>{warnings}</ul></section>"

@@ -178,6 +178,12 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def describe_startup(phases: dict) -> str:
+    """A device's start-up phases (seconds, as workers report them) in one line."""
+    parts = ", ".join(f"{name} {sec:.1f} s" for name, sec in phases.items() if name != "total")
+    return f"ready after {phases.get('total', 0.0):.1f} s ({parts})"
+
+
 def human_summary(summary: dict) -> list[str]:
     lines = [f"summary: {summary['frames']:,} frames, {summary['tokens']:,} tokens in "
              f"{summary['wall_seconds']:.1f} s on {', '.join(summary['devices'])}"]
