@@ -257,13 +257,12 @@ class Engine:
             _, exc, text = message
             if isinstance(exc, VirnucproError):
                 raise exc  # the input or the models: the same on every device
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
             if not w.ready and self._others(w):
-                first_line = str(exc).splitlines()[0] if str(exc) else ""
                 self._drop(w, f"failed while loading the models ({type(exc).__name__}: {first_line})")
                 return
             log.debug("worker %s traceback:\n%s", w.device, text)
             where = f" on shard {w.running}" if w.running is not None else ""
-            first_line = str(exc).splitlines()[0] if str(exc) else ""
             raise WorkerFailed(f"the worker for {w.device} failed{where}: {type(exc).__name__}: "
                                f"{first_line} (run with -v for the traceback)")
         else:

@@ -77,15 +77,12 @@ class FramePredictor:
         self.compile_seconds = 0.0  # compiling and the warm-up shard, on its own thread
         # Enough for the warm-up's few frames; sized from the free memory once ESM-2 is resident.
         self.batch_tokens = batch_tokens or MIN_GPU_BATCH_TOKENS
-        if self.compiled:
-            # Compiled on an empty copy while the weights are copied in (models/placement.py):
-            # the first shard then runs at full speed, and start-up pays for the slower of the
-            # two instead of both.
-            mode = None if compile is True else compile
-            self.esm, self.copy_seconds = esm_on_device(
-                bundle.esm, device, dtype, while_copying=lambda esm: self._compile(esm, mode))
-        else:
-            self.esm, self.copy_seconds = esm_on_device(bundle.esm, device, dtype)
+        # Compiled on an empty copy while the weights are copied in (models/placement.py):
+        # the first shard then runs at full speed, and start-up pays for the slower of the
+        # two instead of both.
+        mode = None if compile is True else compile
+        compile_beside = (lambda esm: self._compile(esm, mode)) if self.compiled else None
+        self.esm, self.copy_seconds = esm_on_device(bundle.esm, device, dtype, while_copying=compile_beside)
         self.batch_tokens = batch_tokens or batch_tokens_for(device, self.esm.embed_dim)
 
     def _compile(self, esm: ESM2, mode: str | None) -> None:
