@@ -36,7 +36,9 @@ from virnucpro.models.dna_tokenizer import DnaTokenizer  # noqa: E402
 from virnucpro.models.dnabert_s import DNABertS  # noqa: E402
 from virnucpro.models.esm2 import ESM2  # noqa: E402
 from virnucpro.stages.chunk import iter_chunks  # noqa: E402
-from virnucpro.stages.classify import FramePredictor  # noqa: E402
+from virnucpro.predict.placement import place_predictor  # noqa: E402
+from virnucpro.predict.precision import Precision  # noqa: E402
+from virnucpro.predict.predictor import FramePredictor  # noqa: E402
 from virnucpro.stages.read import read_records  # noqa: E402
 from virnucpro.stages.translate import select_frames  # noqa: E402
 
@@ -48,7 +50,6 @@ VARIANTS = {
     "fp16_packed_eager": (torch.float16, False),
     "bf16_packed_compiled": (torch.bfloat16, True),
     "fp16_packed_compiled": (torch.float16, True),
-    "bf16_packed_autotune": (torch.bfloat16, "max-autotune-no-cudagraphs"),
 }
 ESM_3B = dict(num_layers=36, embed_dim=2560, attention_heads=40)
 DNABERT_S = dict(vocab_size=4096, hidden=768, layers=12, heads=12, intermediate=3072)
@@ -231,7 +232,9 @@ def bench_workload(kind: str, frames: list, bundle: ModelBundle, args, rate: flo
         b.esm, b.dnabert = copy.deepcopy(bundle.esm), copy.deepcopy(bundle.dnabert)
         torch.cuda.reset_peak_memory_stats()
         t_build = time.perf_counter()
-        predictor = FramePredictor(b, dev, dtype, reference=False, compile=compile_)
+        precision = Precision(dtype, dnabert_autocast=dtype != torch.float32, packed=dtype != torch.float32,
+                              reference=False)
+        predictor = place_predictor(b, dev, precision, compile=compile_).predictor
         if compile_:
             predictor.predict(frames[:256])  # compile outside the timed region
         build = time.perf_counter() - t_build
@@ -265,7 +268,7 @@ def bench_workload(kind: str, frames: list, bundle: ModelBundle, args, rate: flo
     # Reference path on a subset (it is slow): the original algorithm, fp32.
     subset = frames[: args.reference_frames]
     ref_bundle = copy.copy(bundle)
-    ref_pred = FramePredictor(ref_bundle, dev, torch.float32, reference=True)
+    ref_pred = place_predictor(ref_bundle, dev, Precision.resolve("fp32", dev, reference=True)).predictor
     ref_esm_s, ref_esm = esm_stage(ref_pred, subset)
     ref_dna_s, ref_dna = dna_stage(ref_pred, subset)
     ref_fps = len(subset) / (ref_esm_s + ref_dna_s)

@@ -45,16 +45,13 @@ import bench_stages  # noqa: E402  (workloads cut from real genomes)
 
 from virnucpro import pipeline  # noqa: E402
 from virnucpro.config import RunConfig  # noqa: E402
-from virnucpro.engine.devices import resolve_dtype  # noqa: E402
-from virnucpro.frame_task import FrameTask, make_frame_task  # noqa: E402
+from virnucpro.layout import HIGHEST_NAME, METRICS_NAME, REPORT_NAME, RESULTS_NAME, SUMMARY_NAME  # noqa: E402
 from virnucpro.models.dna_tokenizer import DnaTokenizer  # noqa: E402
-from virnucpro.monitor import Monitor  # noqa: E402
 from virnucpro.monitoring import MonitorOptions, attach  # noqa: E402
-from virnucpro.monitoring.gpu import METRICS_NAME  # noqa: E402
-from virnucpro.monitoring.report import REPORT_NAME  # noqa: E402
-from virnucpro.monitoring.summary import SUMMARY_NAME  # noqa: E402
-from virnucpro.stages.classify import FramePredictor  # noqa: E402
-from virnucpro.stages.write import HIGHEST_NAME, RESULTS_NAME  # noqa: E402
+from virnucpro.monitoring.events import Monitor  # noqa: E402
+from virnucpro.predict.placement import place_predictor  # noqa: E402
+from virnucpro.predict.precision import Precision  # noqa: E402
+from virnucpro.predict.task import DeviceInfo, FrameTask, make_frame_task  # noqa: E402
 
 MONITOR_FILES = (METRICS_NAME, SUMMARY_NAME, REPORT_NAME)
 # ESM-2 3B forward GEMM FLOPs per token (24 D^2 per layer); attention's 4 T D adds ~0.3 % at
@@ -66,12 +63,11 @@ def full_size_task(config: RunConfig, device: torch.device) -> FrameTask:
     """Runs in each worker: ESM-2 3B + DNABERT-S + classifier, random weights, on `device`."""
     torch.cuda.set_device(device)
     bundle = bench_engine.full_size_bundle(DnaTokenizer.from_file(bench_engine.TOKENIZER))
-    dtype = resolve_dtype(config.precision, device, config.reference)
-    predictor = FramePredictor(bundle, device, dtype, reference=False, batch_tokens=config.batch_tokens,
-                               compile=config.compile)
-    info = {"identity": {"esm": "random-3B", "dnabert": "random", "classifier": "random"},
-            "demo_models": (), "dtype": str(dtype).removeprefix("torch."),
-            "feature_dims": bundle.feature_dims(), "batch_tokens": predictor.batch_tokens}
+    precision = Precision.resolve(config.precision, device, config.reference)
+    predictor = place_predictor(bundle, device, precision, batch_tokens=config.batch_tokens,
+                                compile=config.compile).predictor
+    info = DeviceInfo({"esm": "random-3B", "dnabert": "random", "classifier": "random"}, (), precision.name,
+                      bundle.feature_dims(), predictor.batch_tokens)
     return FrameTask(predictor, False, info)
 
 

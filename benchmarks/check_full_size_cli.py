@@ -46,8 +46,7 @@ from classifier_factory import save_released_classifier  # noqa: E402
 from dnabert_factory import make_dnabert_folder  # noqa: E402
 
 from virnucpro.models.esm2 import ESM2  # noqa: E402
-from virnucpro.stages.write import HIGHEST_NAME, RESULTS_NAME  # noqa: E402
-from virnucpro.store import STORE_DIRNAME  # noqa: E402
+from virnucpro.layout import HIGHEST_NAME, RESULTS_NAME, STORE_DIRNAME  # noqa: E402
 
 DNABERT_COMMIT = "0" * 40
 

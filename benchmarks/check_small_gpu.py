@@ -22,7 +22,8 @@ from bench_engine import TOKENIZER, frames_of, full_size_bundle  # noqa: E402
 
 from virnucpro.models import demo  # noqa: E402
 from virnucpro.models.dna_tokenizer import DnaTokenizer  # noqa: E402
-from virnucpro.stages.classify import FramePredictor  # noqa: E402
+from virnucpro.predict.placement import place_predictor  # noqa: E402
+from virnucpro.predict.precision import Precision  # noqa: E402
 
 
 def main() -> None:
@@ -40,12 +41,12 @@ def main() -> None:
     results = {}
     for name, budget in (("auto", None), ("forced_400k_tokens", 400_000)):
         bundle = full_size_bundle(tokenizer)
-        predictor = FramePredictor(bundle, device, torch.bfloat16, reference=False, batch_tokens=budget)
+        predictor = place_predictor(bundle, device, Precision.resolve("bf16", device), batch_tokens=budget).predictor
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         results[name] = predictor.predict(frames)
         torch.cuda.synchronize()
-        report[name] = {"batch_tokens": predictor.batch_tokens, "oom_splits": predictor.oom_splits,
+        report[name] = {"batch_tokens": predictor.batch_tokens, "oom_splits": results[name].batches_halved,
                         "seconds": round(time.perf_counter() - t0, 2),
                         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
         del predictor, bundle

@@ -30,8 +30,9 @@ def child(index: int, processes: int, out: Path, launched: float, threads: int) 
 
     imported_torch = time.time()
     from virnucpro.config import ModelPaths
-    from virnucpro.models.load import load_bundle
-    from virnucpro.stages.classify import FramePredictor
+    from virnucpro.models.bundle import load_bundle
+    from virnucpro.predict import placement
+    from virnucpro.predict.precision import Precision
 
     imported = time.time()
     if threads:
@@ -43,14 +44,14 @@ def child(index: int, processes: int, out: Path, launched: float, threads: int) 
     bundle = reading.runcall(load_bundle, ModelPaths(), 300, False)
     t1 = time.time()
     compiling = cProfile.Profile()
-    plain = FramePredictor._compile
-    FramePredictor._compile = lambda self, esm, mode: compiling.runcall(plain, self, esm, mode)
-    predictor = FramePredictor(bundle, device, torch.bfloat16, reference=False, compile=True)
+    plain = placement.compile_packed_layers
+    placement.compile_packed_layers = lambda esm: compiling.runcall(plain, esm)
+    placed = placement.place_predictor(bundle, device, Precision.resolve("bf16", device), compile=True)
     t2 = time.time()
     phases = {"start process": entered - launched, "import torch": imported_torch - entered,
               "import virnucpro": imported - imported_torch, "read models": t1 - t0,
-              "to device (copy and compile)": t2 - t1, "copy": predictor.copy_seconds,
-              "compile and warm-up": predictor.compile_seconds, "threads": torch.get_num_threads()}
+              "to device (copy and compile)": t2 - t1, "copy": placed.copy_seconds,
+              "compile and warm-up": placed.compile_seconds, "threads": torch.get_num_threads()}
     text = io.StringIO()
     text.write(json.dumps({k: round(v, 2) for k, v in phases.items()}) + "\n")
     for name, prof in (("read models", reading), ("compile thread", compiling)):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from virnucpro.config import RunConfig
-from virnucpro.frame_task import FrameTask, ShardWork, make_frame_task
+from virnucpro.predict.task import FrameTask, ShardWork, make_frame_task
 
 
 def _die_once(marker: Path) -> None:

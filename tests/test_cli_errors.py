@@ -178,17 +178,18 @@ def test_empty_file_is_an_error(tmp_path, capsys):
 
 
 def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path, capsys):
+    from virnucpro.layout import LOCK_NAME
     from virnucpro.store import RunLock
 
     sample = tmp_path / "s.fa"
     sample.write_text(f">a\n{GOOD}\n")
     out = tmp_path / "out"
     out.mkdir()
-    with RunLock(out):  # as a run in progress holds it
+    with RunLock(out / LOCK_NAME):  # as a run in progress holds it
         code, err = run(demo_args(sample, "-o", str(out)), capsys)
     assert code == 3 and "another virnucpro run" in error_line(err)
     assert run(demo_args(sample, "-o", str(out)), capsys)[0] == 0  # free again afterwards
-    assert not (out / RunLock.NAME).exists()
+    assert not (out / LOCK_NAME).exists()
 
 
 def test_duplicate_ids_stop_worker_processes_and_leave_nothing(tmp_path, capsys):
@@ -210,9 +211,10 @@ def test_id_check_runs_while_the_models_load(tmp_path, monkeypatch):
     order (models first, then the check) the worker gives up waiting and the run fails."""
     import threading
 
-    from virnucpro import frame_task, pipeline
+    from virnucpro import pipeline
+    from virnucpro.predict import task as frame_task
     from virnucpro.config import RunConfig
-    from virnucpro.monitor import Monitor
+    from virnucpro.monitoring.events import Monitor
 
     checking = threading.Event()
     real_factory, real_check = frame_task.make_frame_task, pipeline.check_unique_ids

@@ -22,8 +22,8 @@ import fault_tasks
 from virnucpro import pipeline
 from virnucpro.cli import main
 from virnucpro.config import RunConfig
-from virnucpro.monitor import Monitor
-from virnucpro.store import STORE_DIRNAME
+from virnucpro.monitoring.events import Monitor
+from virnucpro.layout import STORE_DIRNAME
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ecoli_reads150.fa"
 RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv")
@@ -103,9 +103,9 @@ def test_damaged_checkpoint_shards_are_recomputed(tmp_path, reference):
 
 
 def test_save_embeddings_in_input_order(tmp_path, reference):
-    from virnucpro.engine.devices import resolve_dtype
-    from virnucpro.models.load import load_bundle
-    from virnucpro.stages.classify import FramePredictor
+    from virnucpro.models.bundle import load_bundle
+    from virnucpro.predict.placement import place_predictor
+    from virnucpro.predict.precision import Precision
     from virnucpro.stages.chunk import iter_chunks
     from virnucpro.stages.read import read_records
     from virnucpro.stages.translate import select_frames
@@ -125,7 +125,7 @@ def test_save_embeddings_in_input_order(tmp_path, reference):
     frames = select_frames(list(iter_chunks(read_records(sample), 300, on_empty=lambda _: None)))
     bundle = load_bundle(RunConfig(input=sample).models, 300, True)
     cpu = torch.device("cpu")
-    expected = FramePredictor(bundle, cpu, resolve_dtype("auto", cpu, False), reference=False).predict(
+    expected = place_predictor(bundle, cpu, Precision.resolve("auto", cpu)).predictor.predict(
         frames, keep_embeddings=True)
     assert [f.id for f in frames] == ids
     np.testing.assert_allclose(dna, expected.dna_embeddings, rtol=0, atol=1e-5)
@@ -205,11 +205,10 @@ def test_a_mix_of_the_cpu_and_gpus_is_refused(tmp_path):
     import torch
 
     from virnucpro.errors import InputError
+    from virnucpro.predict.precision import check_one_device_kind
 
     mixed = [torch.device("cpu"), torch.device("cuda", 0)]
     for precision, shown in (("auto", r"cpu: float32, cuda:0: bfloat16"), ("fp32", r"cpu: float32, cuda:0: float32")):
-        config = RunConfig(input=tmp_path / "x.fa", chunk_len=300, precision=precision)
         with pytest.raises(InputError, match=rf"mixes the CPU and GPUs \({shown}\)"):
-            pipeline.check_one_device_kind(config, mixed)
-    pipeline.check_one_device_kind(RunConfig(input=tmp_path / "x.fa", chunk_len=300),
-                                   [torch.device("cpu"), torch.device("cpu")])
+            check_one_device_kind(mixed, precision, reference=False)
+    check_one_device_kind([torch.device("cpu"), torch.device("cpu")], "auto", reference=False)

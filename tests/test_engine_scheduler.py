@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import fault_tasks
-from virnucpro.engine.scheduler import Engine, Job, _RunState
+from virnucpro.engine.scheduler import DeviceReady, Engine, Job, JobDone, JobWindow
+from virnucpro.engine.worker import Done, Ready, Started
 from virnucpro.errors import WorkerFailed
 
 CPU = torch.device("cpu")
@@ -22,9 +23,15 @@ def jobs(n: int, done: dict[int, int] | None = None):
 
 def run_all(factory, devices, n=40, window=None, done=None):
     arrived = []
-    with Engine(factory, devices, window=window) as engine:
-        engine.start()
-        out = list(engine.run(jobs(n, done), on_result=lambda i, r, d: arrived.append(i)))
+
+    def on_event(event):
+        if isinstance(event, JobDone):
+            arrived.append(event.job.index)
+
+    with Engine(factory, devices, window=window, on_event=on_event) as engine:
+        engine.launch()
+        engine.wait_ready()
+        out = list(engine.run(jobs(n, done)))
     return out, arrived
 
 
@@ -43,7 +50,7 @@ def test_known_results_are_handed_back_not_run():
 
 def test_oldest_first_then_longest_first_within_the_window():
     costs = [5, 9, 7, 9, 9]
-    state = _RunState(iter([Job(i, c, i, f"job {i}") for i, c in enumerate(costs)]), 4)
+    state = JobWindow(iter([Job(i, c, i, f"job {i}") for i, c in enumerate(costs)]), 4)
     state.fill()
     # job 0 holds the window: it goes first though it is the cheapest; then by cost, ties
     # by index; job 4 is beyond the window
@@ -58,7 +65,7 @@ def test_two_equal_workers_are_never_starved_by_the_window():
     full of finished jobs and a worker sat idle."""
     n, window = 400, 10
     costs = [200_000 + (i * 7919) % 97 for i in range(n)]
-    state = _RunState(iter([Job(i, c, i, f"job {i}") for i, c in enumerate(costs)]), window)
+    state = JobWindow(iter([Job(i, c, i, f"job {i}") for i, c in enumerate(costs)]), window)
     queues: list[list[int]] = [[], []]
     idle = handed_back = 0
     while handed_back < n:
@@ -88,18 +95,21 @@ def run_with_one_slow_loader(tmp_path, load_seconds, job_seconds, n):
 
     factory = functools.partial(fault_tasks.times_ten_one_loads_slowly, tmp_path / "first",
                                 load_seconds, job_seconds)
-    ready: list[dict] = []
+    ready: list[DeviceReady] = []
     ready_at: list[float] = []
     results_at: list[float] = []
 
-    def on_ready(device, info, restarts):
-        ready.append(info)
-        ready_at.append(time.monotonic())
+    def on_event(event):
+        if isinstance(event, DeviceReady):
+            ready.append(event)
+            ready_at.append(time.monotonic())
+        elif isinstance(event, JobDone):
+            results_at.append(time.monotonic())
 
-    with Engine(factory, [CPU, CPU], on_ready=on_ready) as engine:
+    with Engine(factory, [CPU, CPU], on_event=on_event) as engine:
         engine.launch()
         engine.wait_ready()
-        out = list(engine.run(jobs(n), on_result=lambda *_: results_at.append(time.monotonic())))
+        out = list(engine.run(jobs(n)))
     return out, ready, results_at[0], ready_at
 
 
@@ -108,7 +118,7 @@ def test_jobs_start_on_the_first_ready_worker_and_the_other_joins(tmp_path):
     assert out == [(i, i * 10) for i in range(200)]
     assert len(ready) == 2  # the slow one joined the run (and was announced) once loaded
     assert first_result < ready_at[1]  # work began before the second device was ready
-    assert all(info["startup_s"]["total"] > 0 for info in ready)
+    assert all(event.startup_s["total"] > 0 for event in ready)
 
 
 def test_a_worker_still_loading_when_the_run_ends_is_not_waited_for(tmp_path, monkeypatch):
@@ -135,7 +145,7 @@ def test_a_device_that_fails_to_load_while_another_works_is_dropped(tmp_path, ho
     with Engine(factory, [CPU, CPU], warn=warnings.append) as engine:
         engine.launch()
         engine.wait_ready()
-        out = list(engine.run(jobs(150), on_result=lambda *_: None))
+        out = list(engine.run(jobs(150)))
     assert out == [(i, i * 10) for i in range(150)]
     assert len(warnings) == 1 and "the run goes on without it" in warnings[0]
     assert ("died while loading" if how == "dies" else "driver is broken (simulated)") in warnings[0]
@@ -203,10 +213,10 @@ def test_a_worker_process_freezes_its_heap_a_worker_thread_does_not():
         body = threading.Thread(target=worker.work, args=(fault_tasks.times_ten, CPU, child),
                                 kwargs={"own_process": True})
         body.start()
-        assert parent.recv()[0] == "ready"
+        assert isinstance(parent.recv(), Ready)
         assert gc.get_freeze_count() > 0
         parent.send((0, 4))
-        assert parent.recv() == ("started", 0) and parent.recv() == ("done", 0, 40)
+        assert parent.recv() == Started(0) and parent.recv() == Done(0, 40)
         parent.send(None)
         body.join(10)
         assert not body.is_alive()

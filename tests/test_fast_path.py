@@ -14,10 +14,13 @@ import torch
 from esm_factory import make_fair_esm_model, save_fair_esm_checkpoint
 from virnucpro.models import demo
 from virnucpro.models.bundle import ModelBundle
-from virnucpro.models.esm2 import pack_proteins
+from virnucpro.predict.packing import pack_proteins
 from virnucpro.models.esm2_loader import load_esm2
 from virnucpro.models.protein_alphabet import MASK, encode_proteins
-from virnucpro.stages.classify import FramePredictor
+from virnucpro.predict.compile import compile_packed_layers, uncompile_packed_layers
+from virnucpro.predict.placement import place_predictor
+from virnucpro.predict.precision import Precision
+from virnucpro.predict.predictor import FramePredictor
 from virnucpro.stages.types import Frame
 
 AMINO = "LAGVSERTIDPKQNFYMHWC"
@@ -69,12 +72,14 @@ def test_pack_proteins_layout():
     assert batch.pool_index.tolist() == [[1, 2, 13, 13], [5, 13, 13, 13], [8, 9, 10, 11]]
 
 
-def demo_predictor(batch_tokens: int, reference: bool = False) -> FramePredictor:
+def demo_predictor(batch_tokens: int, reference: bool = False, packed: bool = False) -> FramePredictor:
+    """Demo models on the CPU in fp32; `packed`: the packed layout (CPU attention fallback) as
+    on a GPU's fast path."""
     tokenizer = demo.demo_tokenizer()
     bundle = ModelBundle(demo.demo_esm(), demo.demo_dnabert(tokenizer.vocab_size), tokenizer,
                          demo.demo_classifier(128))
-    return FramePredictor(bundle, torch.device("cpu"), torch.float32, reference=reference,
-                          batch_tokens=batch_tokens)
+    precision = Precision(torch.float32, dnabert_autocast=False, packed=packed, reference=reference)
+    return place_predictor(bundle, torch.device("cpu"), precision, batch_tokens=batch_tokens).predictor
 
 
 def demo_frames(n: int, seed: int) -> list[Frame]:
@@ -109,7 +114,7 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(monkeypatch):
 
     monkeypatch.setattr(predictor.esm, "pooled", pooled_that_runs_out)
     got = predictor.predict(frames)
-    assert predictor.oom_splits >= 3
+    assert got.batches_halved >= 3
     np.testing.assert_allclose(got.score2, expected.score2, rtol=0, atol=1e-6)
 
 
@@ -164,18 +169,18 @@ def test_gpu_dnabert_fp16_overflow_falls_back_to_fp32():
     tokenizer = demo.demo_tokenizer()
     frames = demo_frames(16, seed=8)
 
-    def predictor(dtype):
+    def predictor(precision):
         dnabert = demo.demo_dnabert(tokenizer.vocab_size)
         with torch.no_grad():  # push the gated MLP far past fp16's 65504
             for layer in dnabert.encoder.layer:
                 layer.mlp.gated_layers.weight.mul_(3000.0)
         bundle = ModelBundle(demo.demo_esm(), dnabert, tokenizer, demo.demo_classifier(128))
-        return FramePredictor(bundle, torch.device("cuda", 0), dtype, reference=False)
+        cuda = torch.device("cuda", 0)
+        return place_predictor(bundle, cuda, Precision.resolve(precision, cuda)).predictor
 
-    fast = predictor(torch.bfloat16)
-    got = fast.predict(frames, keep_embeddings=True)
-    exact = predictor(torch.float32).predict(frames, keep_embeddings=True)
-    assert fast.fp16_overflows == 1
+    got = predictor("bf16").predict(frames, keep_embeddings=True)
+    exact = predictor("fp32").predict(frames, keep_embeddings=True)
+    assert got.redone_in_fp32 and not exact.redone_in_fp32
     assert np.isfinite(got.dna_embeddings).all()
     assert relative_errors(torch.from_numpy(got.dna_embeddings), torch.from_numpy(exact.dna_embeddings)).max() < 1e-4
 
@@ -185,15 +190,14 @@ def test_a_failing_compilation_falls_back_to_eager(virnucpro_log):
     with the same numbers, and say so once."""
     frames = demo_frames(12, seed=10)
     expected = demo_predictor(batch_tokens=4096).predict(frames)
-    predictor = demo_predictor(batch_tokens=4096)
-    predictor.packed = True  # the packed layout (CPU attention fallback) as on a GPU
-    predictor.compiled = True
+    predictor = demo_predictor(batch_tokens=4096, packed=True)
 
     def broken(*args, **kwargs):
         raise RuntimeError("inductor: simulated compiler failure")
 
     for layer in predictor.esm.layers:
-        layer.forward_packed = broken
+        layer.forward_packed = broken  # as compile_packed_layers installs its wrappers
+    assert predictor.compiled
     got = predictor.predict(frames)
     assert "torch.compile failed" in virnucpro_log.text and not predictor.compiled
     np.testing.assert_allclose(got.score2, expected.score2, rtol=0, atol=1e-6)
@@ -212,11 +216,11 @@ def test_gpu_compiled_beside_the_copy_computes_with_the_copied_weights(esm):
                          tokenizer, demo.demo_classifier(64 + esm.embed_dim))
     frames = demo_frames(40, seed=11)
     cuda = torch.device("cuda", 0)
-    compiled = FramePredictor(bundle, cuda, torch.bfloat16, reference=False, compile=True)
-    assert compiled.compiled and compiled.compile_seconds > 0
-    got = compiled.predict(frames, keep_embeddings=True)
-    eager = FramePredictor(bundle, cuda, torch.bfloat16, reference=False, compile=False)
-    expected = eager.predict(frames, keep_embeddings=True)
+    bf16 = Precision.resolve("bf16", cuda)
+    placed = place_predictor(bundle, cuda, bf16, compile=True)
+    assert placed.predictor.compiled and placed.compile_seconds > 0
+    got = placed.predictor.predict(frames, keep_embeddings=True)
+    expected = place_predictor(bundle, cuda, bf16, compile=False).predictor.predict(frames, keep_embeddings=True)
     cos = torch.nn.functional.cosine_similarity(torch.from_numpy(got.protein_embeddings),
                                                 torch.from_numpy(expected.protein_embeddings), dim=1)
     assert cos.min() > 0.9999
@@ -226,14 +230,10 @@ def test_layers_are_compiled_in_inductors_deterministic_mode(monkeypatch):
     """Without it each worker process times candidate reduction kernels on its own GPU and
     keeps the fastest; they round differently, so result files differed between 1, 2 and 4
     GPUs (seen on the device). The switch must reach every layer's compile call."""
-    from virnucpro.stages import classify
-
     calls = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
     esm = demo.demo_esm()
-    classify.compile_packed_layers(esm)
+    compile_packed_layers(esm)
     assert len(calls) == esm.num_layers
     assert all(c["options"].get("deterministic") is True and c["dynamic"] for c in calls)
-    classify.compile_packed_layers(esm, mode="max-autotune")  # a mode's own options are kept
-    assert calls[-1]["options"]["max_autotune"] is True and calls[-1]["options"]["deterministic"] is True
-    classify.uncompile_packed_layers(esm)
+    uncompile_packed_layers(esm)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro import downloads
+from virnucpro.models import download as downloads
 from virnucpro.cli import main
 
 

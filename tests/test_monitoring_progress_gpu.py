@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from virnucpro.monitor import Event, Monitor
+from virnucpro.monitoring.events import Event, Monitor
 from virnucpro.monitoring.gpu import METRICS_NAME, GpuMetricsFile, GpuMonitor, nvml_indices
 from virnucpro.monitoring.progress import PlainProgress, ProgressState
 from virnucpro.stages.read import ReadPosition, read_records
@@ -161,7 +161,7 @@ def test_busy_during_embedding_excludes_loading_and_writing():
     """Mean busy % over the whole run counts model loading and the final writing; the
     embedding figure averages only the samples between the first shard start and the last
     shard done."""
-    from virnucpro.monitor import Event
+    from virnucpro.monitoring.events import Event
     from virnucpro.monitoring.gpu import GpuSample
     from virnucpro.monitoring.summary import GpuTotals
 
@@ -178,13 +178,13 @@ def test_busy_during_embedding_excludes_loading_and_writing():
 def test_busy_after_first_shard_excludes_each_devices_own_start_up():
     """Devices finish their first (compiling) shard at different times; each one's steady
     figure starts at its own first finished shard, recorded by the run recorder."""
-    from virnucpro.monitor import Monitor
+    from virnucpro.monitoring.events import Monitor
     from virnucpro.monitoring.gpu import GpuSample
     from virnucpro.monitoring.summary import RunRecorder
     from virnucpro.monitoring.workers import WorkerWatch
 
     monitor = Monitor()
-    recorder = RunRecorder(monitor, WorkerWatch(monitor), report_sequences=None)
+    recorder = RunRecorder(monitor, WorkerWatch(monitor))
     monitor.subscribe(recorder)
     events = []  # (time, kind, data)
     for device, first_done in (("cuda:0", 2.0), ("cuda:1", 4.0)):
@@ -198,7 +198,7 @@ def test_busy_after_first_shard_excludes_each_devices_own_start_up():
             GpuSample(d, 0, "H200", b, 1.0, 2.0, None) for d, b in busy.items()])))
     events.append((8.5, "shard_done", dict(index=2, frames=1, tokens=10, seconds=1.0, device="cuda:0",
                                            resumed=False)))
-    from virnucpro.monitor import Event
+    from virnucpro.monitoring.events import Event
 
     for t, kind, data in sorted(events, key=lambda e: e[0]):
         recorder(Event(kind, data, time=t))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from virnucpro.monitor import Monitor
+from virnucpro.monitoring.events import Monitor
 from virnucpro.monitoring.heartbeat import Heartbeat
 from virnucpro.monitoring.workers import Thresholds, WorkerWatch
 

@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 
 from virnucpro.errors import OutputError
+from virnucpro.layout import HIGHEST_NAME, RESULTS_NAME, open_temp
 from virnucpro.stages.types import Chunk, Frame
-from virnucpro.stages.write import (
-    HIGHEST_NAME,
-    RESULTS_NAME,
-    ResultWriter,
-    new_temp_path,
-    write_chunks_fasta,
-    write_frames_fasta,
-)
+from virnucpro.stages.write import ResultWriter, write_chunks_fasta, write_frames_fasta
 
 
 def _chunk_text(chunks) -> str:
@@ -196,7 +190,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 def test_killed_runs_spill_files_are_removed_by_the_next_runs_cleanup(tmp_path: Path) -> None:
     """A run killed mid-way leaves its spill runs and result temporaries; they carry its pid,
     so the next run's clean-up removes them, and keeps those of a run still alive (this one)."""
-    from virnucpro.pipeline import remove_stale_temporaries
+    from virnucpro.layout import remove_stale_temporaries
 
     killed = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], check=False)
     assert killed.returncode == -signal.SIGKILL
@@ -220,7 +214,8 @@ def test_temporary_names_hold_the_pid_as_their_only_number(tmp_path: Path, monke
 
     monkeypatch.setattr(secrets, "token_hex", lambda n: "1" * (2 * n))
     for name in ("highestscore-run", RESULTS_NAME):
-        path = new_temp_path(tmp_path, name)
+        path, handle = open_temp(tmp_path, name)
+        handle.close()
         assert [part for part in path.name.split(".") if part.isdigit()] == [str(os.getpid())]
 
 

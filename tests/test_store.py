@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from virnucpro.errors import CheckpointMismatch
-from virnucpro.store import STORE_DIRNAME, ShardResult, ShardStore
+from virnucpro.layout import STORE_DIRNAME
+from virnucpro.store import ShardResult, ShardStore
 
 
 def result(index, n=3):
@@ -12,7 +13,7 @@ def result(index, n=3):
 
 
 def test_save_load_roundtrip(tmp_path):
-    store = ShardStore(tmp_path, "fp1")
+    store = ShardStore(tmp_path / STORE_DIRNAME, "fp1")
     r = result(0)
     store.save(r)
     assert store.has(0) and not store.has(1)
@@ -25,20 +26,20 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_reopen_same_fingerprint_keeps_shards(tmp_path):
-    ShardStore(tmp_path, "fp1").save(result(0))
-    assert ShardStore(tmp_path, "fp1").has(0)
+    ShardStore(tmp_path / STORE_DIRNAME, "fp1").save(result(0))
+    assert ShardStore(tmp_path / STORE_DIRNAME, "fp1").has(0)
 
 
 def test_fingerprint_mismatch_refused_unless_restart(tmp_path):
-    ShardStore(tmp_path, "fp1").save(result(0))
+    ShardStore(tmp_path / STORE_DIRNAME, "fp1").save(result(0))
     with pytest.raises(CheckpointMismatch, match="--restart"):
-        ShardStore(tmp_path, "fp2")
-    store = ShardStore(tmp_path, "fp2", restart=True)
+        ShardStore(tmp_path / STORE_DIRNAME, "fp2")
+    store = ShardStore(tmp_path / STORE_DIRNAME, "fp2", restart=True)
     assert not store.has(0)
 
 
 def test_damaged_or_foreign_shard_is_dropped(tmp_path):
-    store = ShardStore(tmp_path, "fp1")
+    store = ShardStore(tmp_path / STORE_DIRNAME, "fp1")
     store.save(result(0))
     store.save(result(1))
     store.shard_path(0).write_bytes(b"not an npz")
@@ -47,7 +48,7 @@ def test_damaged_or_foreign_shard_is_dropped(tmp_path):
 
 
 def test_discard(tmp_path):
-    store = ShardStore(tmp_path, "fp1")
+    store = ShardStore(tmp_path / STORE_DIRNAME, "fp1")
     store.save(result(0))
     store.discard()
     assert not (tmp_path / STORE_DIRNAME).exists()
@@ -58,7 +59,7 @@ def test_a_checkpoint_that_cannot_be_written_is_an_output_error(tmp_path):
 
     from virnucpro.errors import OutputError
 
-    store = ShardStore(tmp_path, "fp1")
+    store = ShardStore(tmp_path / STORE_DIRNAME, "fp1")
     shutil.rmtree(tmp_path / STORE_DIRNAME)  # e.g. removed (or the disk filled) mid-run
     with pytest.raises(OutputError, match="shard_000000"):
         store.save(result(0))

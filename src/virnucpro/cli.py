@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.config import CHUNK_LENGTHS, PRECISIONS, ModelPaths, RunConfig
+from virnucpro.config import CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, RunConfig
 from virnucpro.errors import InputError, VirnucproError
 
 log = logging.getLogger("virnucpro")
@@ -28,6 +28,41 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time: while the rich progress bar is live it
+    redirects sys.stderr, so log lines print above the bar instead of through it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(quiet: bool, verbose: bool = False, log_file: Path | None = None) -> None:
+    """Console: warnings only when quiet. The --log-file gets everything from INFO (DEBUG
+    with -v) with timestamps, whatever --quiet says: it is the record of a batch job."""
+    console = _StderrHandler()
+    console.setFormatter(logging.Formatter("virnucpro: %(message)s"))
+    console.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        to_file.setLevel(logging.DEBUG if verbose else logging.INFO)
+        handlers.append(to_file)
+    for old in log.handlers:
+        old.close()
+    log.handlers[:] = handlers
+    log.setLevel(min(h.level for h in handlers))
+    log.propagate = False
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="classify the sequences of a FASTA/FASTQ file as viral or not",
@@ -36,9 +71,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "first '.fa'. The original's form `predict INPUT 500 500_model.pth` works too.",
     )
     p.add_argument("input", type=Path, help="FASTA or FASTQ, optionally gzip-compressed")
-    p.add_argument("legacy_len", nargs="?", type=int, metavar="LEN",
+    p.add_argument("positional_len", nargs="?", type=int, metavar="LEN",
                    help="chunk length, positional as in the original (300 or 500)")
-    p.add_argument("legacy_classifier", nargs="?", type=Path, metavar="MODEL",
+    p.add_argument("positional_classifier", nargs="?", type=Path, metavar="MODEL",
                    help="classifier .pth, positional as in the original")
     p.add_argument("-m", "--chunk-len", type=int, choices=CHUNK_LENGTHS, default=None,
                    help="chunk length and model (default 500)")
@@ -91,17 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     info = msub.add_parser("info", help="show where each model is looked for and whether it is there")
     info.add_argument("-m", "--chunk-len", type=int, choices=CHUNK_LENGTHS, default=500)
     dl = msub.add_parser("download", help="download the real models (needs internet)")
-    dl.add_argument("--only", action="append", choices=("esm", "dnabert", "classifier"),
+    dl.add_argument("--only", action="append", choices=MODEL_CHOICES,
                     help="download only this model (repeatable)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    if args.legacy_len is not None and args.chunk_len is not None and args.legacy_len != args.chunk_len:
-        raise InputError(f"chunk length given twice: {args.legacy_len} and -m {args.chunk_len}")
-    if args.legacy_classifier is not None and args.classifier is not None:
+    if args.positional_len is not None and args.chunk_len is not None and args.positional_len != args.chunk_len:
+        raise InputError(f"chunk length given twice: {args.positional_len} and -m {args.chunk_len}")
+    if args.positional_classifier is not None and args.classifier is not None:
         raise InputError("classifier given twice: positionally and with --classifier")
-    chunk_len = args.chunk_len or args.legacy_len or 500
+    chunk_len = args.chunk_len or args.positional_len or 500
     if chunk_len not in CHUNK_LENGTHS:
         raise InputError(f"chunk length must be 300 or 500, got {chunk_len}")
     return RunConfig(
@@ -109,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         chunk_len=chunk_len,
         out_dir=args.output_dir,
         models=ModelPaths(esm=args.esm_model, dnabert=args.dnabert_model,
-                          classifier=args.classifier or args.legacy_classifier),
+                          classifier=args.classifier or args.positional_classifier),
         devices=args.devices,
         precision=args.precision,
         reference=args.reference,
@@ -119,13 +154,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         shard_tokens=args.shard_tokens,
         compile=not args.no_compile,
         batch_tokens=args.batch_tokens,
-        quiet=args.quiet,
     )
 
 
 def _predict(args: argparse.Namespace) -> int:
     from virnucpro import pipeline
-    from virnucpro.monitor import Monitor, log_subscriber
+    from virnucpro.monitoring.events import Monitor, log_subscriber
     from virnucpro.monitoring import MonitorOptions, attach
 
     config = config_from_args(args)
@@ -151,30 +185,29 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from virnucpro.layout import PLOT_NAME
     from virnucpro.monitoring.report import write_report
 
-    out = write_report(args.results, ids=args.ids, out=args.output or args.results / "plot.html")
+    out = write_report(args.results, ids=args.ids, out=args.output or args.results / PLOT_NAME)
     log.info(f"report written to {out}")
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
     if args.models_command == "info":
-        from virnucpro.models.load import model_locations
+        from virnucpro.models.bundle import model_locations
 
         for loc in model_locations(args.chunk_len):
             state = "present" if loc.present else f"MISSING (get it: {loc.how_to_get})"
             print(f"{loc.name:<20} {state}\n{'':<20} {loc.path}")
         return 0
-    from virnucpro.downloads import download
+    from virnucpro.models.download import download
 
     download(args.only, log.info)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from virnucpro.monitor import configure_logging
-
     args = build_parser().parse_args(argv)
     # Before anything touches CUDA (workers inherit it): growable segments instead of fixed
     # blocks, so batches of varying size do not fragment the GPU's memory.

@@ -1,6 +1,9 @@
-"""RunConfig: every choice of a run, built once at the edge (the CLI) and frozen.
+"""RunConfig: every choice of a run, built once at the edge (the CLI) and frozen; and the
+identities of the files a run's results depend on (the fingerprint's inputs).
 
-Nothing deeper in the package reads arguments or environment variables; it reads this.
+Nothing deeper in the package reads arguments or environment variables; it reads this. (The
+one exception is where models are cached -- TORCH_HOME, HF_HOME, VIRNUCPRO_HOME -- read by
+models/caches.py, as every tool sharing those caches reads them.)
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from virnucpro.errors import InputError
+from virnucpro.layout import RunLayout
 
-CHUNK_LENGTHS = (300, 500)
+CHUNK_LENGTHS = (300, 500)  # the released classifiers' chunk lengths
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MODEL_CHOICES = ("esm", "dnabert", "classifier")  # `virnucpro models download --only`
 
 # The original ESM-2 batching (fair-esm get_batch_indices with toks_per_batch=2048).
 REFERENCE_ESM_TOKENS_PER_BATCH = 2048
@@ -43,7 +48,6 @@ class RunConfig:
     batch_tokens: int | None = None  # token budget per batch; None: sized from the device
     shard_tokens: int = 200_000  # protein tokens per shard (a few seconds of one GPU's work)
     compile: bool = True  # torch.compile ESM-2's layers on the GPU fast path (once per worker, beside the weight copy)
-    quiet: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_len not in CHUNK_LENGTHS:
@@ -56,27 +60,21 @@ class RunConfig:
             raise InputError("shard size must be positive")
 
     @property
-    def prefix(self) -> str:
-        """The original's output prefix: the input path up to its FIRST '.fa'."""
-        return str(self.input).split(".fa")[0]
+    def layout(self) -> RunLayout:
+        return RunLayout(self.input, self.chunk_len, self.out_dir)
 
     @property
     def result_dir(self) -> Path:
-        return self.out_dir if self.out_dir is not None else Path(f"{self.prefix}_merged")
-
-    def intermediate_path(self, suffix: str) -> Path:
-        """`{prefix}{suffix}` beside the original's outputs, or inside OUTDIR when given."""
-        if self.out_dir is None:
-            return Path(f"{self.prefix}{suffix}")
-        return self.out_dir / f"{Path(self.prefix).name}{suffix}"
+        return self.layout.result_dir
 
     def fingerprint(self, model_identity: dict[str, str], input_identity: str, dtype: str,
-                    legacy_files: list[str] | None = None) -> str:
+                    original_files: list[str] | None = None) -> str:
         """Hash of everything that determines the results: resuming needs an exact match.
 
-        `legacy_files`: identities of the original VirNucPro's files whose embeddings the run
-        may reuse (legacy.legacy_identity), so that a resumed run never mixes shards computed
-        with other (or without) such files. None (no such files) leaves the hash as it was.
+        `original_files`: identities of the original VirNucPro's files whose embeddings the run
+        may reuse (stages.reuse_original.original_identity), so that a resumed run never mixes
+        shards computed with other (or without) such files. None (no such files) leaves the
+        hash as it was.
         """
         payload = {
             "input": input_identity,
@@ -86,8 +84,8 @@ class RunConfig:
             "shard_tokens": self.shard_tokens,
             "models": model_identity,
         }
-        if legacy_files is not None:
-            payload["legacy_files"] = list(legacy_files)
+        if original_files is not None:
+            payload["legacy_files"] = list(original_files)  # the key predates the name
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -95,3 +93,20 @@ class RunConfig:
         """JSON-able parameters for logs and run summaries."""
         d = asdict(self)
         return json.loads(json.dumps(d, default=str))
+
+
+_HASHED_BYTES_LIMIT = 64 << 20  # hash small files whole; large ones by size and timestamp
+
+
+def file_identity(path: Path) -> str:
+    """A cheap identity for fingerprints: content hash for small files, stat for big ones."""
+    st = path.stat()
+    if st.st_size <= _HASHED_BYTES_LIMIT:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return f"{path.resolve()}|sha256:{digest}"
+    return f"{path.resolve()}|size:{st.st_size}|mtime_ns:{st.st_mtime_ns}"
+
+
+def folder_identity(folder: Path) -> str:
+    parts = [file_identity(p) for p in sorted(folder.iterdir()) if p.is_file()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -4,9 +4,10 @@ Layout (`{result_dir}/.virnucpro_store/`):
   manifest.json          format version, fingerprint of input + parameters + models
   shard_000000.npz       ids, score1, score2 (+ embeddings when asked)
 
-A shard file appears only through os.replace of a fully written, fsynced temporary, so a
-crash at any moment leaves either the whole shard or none of it: the rename IS the done
-marker (temporaries are named `.shard_*.tmp` and removed when the store is reopened). A
+A shard file appears only through os.replace of a fully written, fsynced temporary
+(layout.atomic_write), so a crash at any moment leaves either the whole shard or none of it:
+the rename IS the done marker (temporaries of killed runs are removed when the store is
+reopened). A
 separate marker file would add a second fsync per shard and a state (marker without data, or
 data without marker) that needs its own recovery, for no extra safety. On resume every shard
 is still validated before use -- loadable (the zip's CRCs catch truncation and bit rot), the
@@ -17,10 +18,10 @@ current run is refused unless the caller asks to restart.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,8 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import CheckpointMismatch, OutputError
+from virnucpro.layout import atomic_write, remove_stale_temporaries, write_bytes_atomic
 
-STORE_DIRNAME = ".virnucpro_store"
 FORMAT_VERSION = 1
 
 
@@ -42,38 +43,21 @@ class ShardResult:
     score2: np.ndarray  # float32
     dna_embeddings: np.ndarray | None = None
     protein_embeddings: np.ndarray | None = None
+    # How it was computed, for the run's account (not stored: a resumed shard reports zeros).
+    reused: int = 0  # frames whose embeddings came from the original VirNucPro's files
+    batches_halved: int = 0  # batches split after running out of device memory
+    redone_in_fp32: bool = False  # DNABERT-S overflowed fp16 and was rerun in fp32
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        assert self.score1.shape == (n,) and self.score2.shape == (n,)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call write(handle) on a temporary beside `path`, fsync it, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if self.score1.shape != (n,) or self.score2.shape != (n,):
+            raise ValueError(f"shard {self.index}: {n} ids but scores of shapes "
+                             f"{self.score1.shape} and {self.score2.shape}")
 
 
 class ShardStore:
-    def __init__(self, result_dir: Path, fingerprint: str, *, restart: bool = False) -> None:
-        self.root = result_dir / STORE_DIRNAME
+    def __init__(self, root: Path, fingerprint: str, *, restart: bool = False) -> None:
+        self.root = Path(root)
         self.fingerprint = fingerprint
         try:
             self._open(restart)
@@ -89,24 +73,24 @@ class ShardStore:
                     f"{self.root} holds results of a different run (other input, parameters or "
                     "models); rerun with --restart to discard them, or choose another output folder"
                 )
-            for stale in self.root.glob(".shard_*.tmp"):  # a crash mid-write leaves these
-                stale.unlink(missing_ok=True)
+            remove_stale_temporaries(self.root)  # a crash mid-write leaves these
             return
         if self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
         payload = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                    "virnucpro": __version__}
-        atomic_write_bytes(manifest, lambda h: h.write(json.dumps(payload, indent=1).encode()))
+        write_bytes_atomic(manifest, json.dumps(payload, indent=1).encode())
 
     def _read_manifest(self, manifest: Path) -> dict:
         try:
             data = json.loads(manifest.read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointMismatch(f"{manifest} is unreadable ({exc}); rerun with --restart") from None
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            data = migrate_manifest(data, manifest)
+        if data.get("format_version") != FORMAT_VERSION:  # none older exists yet
+            raise CheckpointMismatch(
+                f"{manifest} has store format {data.get('format_version')!r}, this virnucpro writes "
+                f"{FORMAT_VERSION}; rerun with --restart")
         return data
 
     def shard_path(self, index: int) -> Path:
@@ -124,11 +108,9 @@ class ShardStore:
         if result.dna_embeddings is not None:
             arrays["dna_embeddings"] = result.dna_embeddings
             arrays["protein_embeddings"] = result.protein_embeddings
-        try:
-            atomic_write_bytes(self.shard_path(result.index), lambda h: np.savez(h, **arrays))
-        except OSError as exc:
-            raise OutputError(f"cannot write checkpoint {self.shard_path(result.index)}: "
-                              f"{exc.strerror or exc}") from None
+        path = self.shard_path(result.index)
+        with atomic_write(path, text=False, what=f"checkpoint {path}") as handle:
+            np.savez(handle, **arrays)
 
     def load(self, index: int, expected_ids: list[str] | None = None, *,
              need_embeddings: bool = False) -> ShardResult | None:
@@ -143,7 +125,7 @@ class ShardStore:
                     data["dna_embeddings"] if "dna_embeddings" in data else None,
                     data["protein_embeddings"] if "protein_embeddings" in data else None,
                 )
-        except (OSError, ValueError, KeyError, AssertionError, EOFError, zipfile.BadZipFile):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             path.unlink(missing_ok=True)
             return None
         if not _is_valid(result, expected_ids, need_embeddings):
@@ -168,29 +150,20 @@ def _is_valid(result: ShardResult, expected_ids: list[str] | None, need_embeddin
             and result.dna_embeddings.shape[0] == n and result.protein_embeddings.shape[0] == n)
 
 
-def migrate_manifest(data: dict, manifest: Path) -> dict:
-    """Hook for reading stores written by older format versions (none exist yet)."""
-    raise CheckpointMismatch(
-        f"{manifest} has store format {data.get('format_version')!r}, this virnucpro writes "
-        f"{FORMAT_VERSION}; rerun with --restart"
-    )
-
-
 class RunLock:
     """One run per output folder: a second run on the same folder would discard or interleave
     the first one's checkpoints. An advisory lock (flock) on `.virnucpro.lock`, released when the
     run ends, also when it is killed (the kernel drops the lock with the process)."""
 
-    NAME = ".virnucpro.lock"
-
-    def __init__(self, result_dir: Path) -> None:
-        self.path = result_dir / self.NAME
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        import fcntl
-
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a planted link
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

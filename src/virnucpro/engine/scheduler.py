@@ -7,7 +7,8 @@
   the window's oldest job, which holds the window back until it is done, goes first.
 - Each worker holds at most two jobs: one running, one being prepared beside it.
 - Results are handed back strictly by job index, so the output is the same for any number
-  of devices or any timing; `on_result` sees each result as soon as it arrives (to persist it).
+  of devices or any timing; `on_event` sees each one as soon as it arrives (to persist it),
+  with when it started and how long it took, and each device as it becomes ready.
 - A worker that dies has its jobs requeued and is restarted; the job it was running when it
   died gets a strike, and a job with two strikes fails the run with WorkerFailed naming it.
 - Jobs start as soon as one worker has loaded; the others join when they have. One that dies
@@ -19,7 +20,6 @@
 from __future__ import annotations
 
 import logging
-
 import multiprocessing
 import threading
 import time
@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from virnucpro.engine import worker
+from virnucpro.engine.worker import Done, Failed, Message, Ready, Started
 from virnucpro.errors import VirnucproError, WorkerFailed
 
 JOBS_PER_WORKER = 2  # one running, one being prepared
@@ -45,8 +46,34 @@ class Job:
     index: int  # consecutive from 0, in output order
     cost: int
     payload: Any
-    label: str  # names the job in errors, e.g. "shard 7 (frames a .. b)"
+    label: str  # names the job in errors, e.g. "shard 7 (items a .. b)"
+    size: int = 1  # items in the job, for throughput
     done: Any = None  # a result known already (from a checkpoint): handed back, not run
+
+
+@dataclass(frozen=True)
+class DeviceReady:
+    device: str
+    info: Any  # the task's, as its worker sent it
+    startup_s: dict[str, float]  # the worker's start-up phases, the task's own in `info`
+    restarts: int  # times this device's worker was replaced before
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job: Job
+    device: str
+
+
+@dataclass(frozen=True)
+class JobDone:
+    job: Job
+    device: str
+    result: Any
+    seconds: float  # from the worker starting it to its result arriving
+
+
+EngineEvent = DeviceReady | JobStarted | JobDone
 
 
 @dataclass
@@ -55,19 +82,22 @@ class _Worker:
     conn: Connection
     process: Any  # multiprocessing Process, or a Thread in-process
     ready: bool = False
-    info: dict | None = None
+    info: Any = None
     jobs: list[int] = field(default_factory=list)  # assigned, not finished
     running: int | None = None
+    running_since: float = 0.0
     restarts: int = 0  # times this device's worker was replaced after dying
 
 
 class Engine:
     """Use as a context manager: launch() starts loading the task on every device,
-    wait_ready() returns once one is ready, run() streams jobs to every ready device."""
+    wait_ready() returns once one is ready, run() streams jobs to every ready device.
+    on_event(event) hears of each device ready, job started and job done (DeviceReady,
+    JobStarted, JobDone), on the caller's thread; an exception it raises stops the run."""
 
     def __init__(self, factory: worker.TaskFactory, devices: list[torch.device], *,
                  window: int | None = None,
-                 on_ready: Callable[[str, dict, int], None] | None = None,
+                 on_event: Callable[[EngineEvent], None] | None = None,
                  warn: Callable[[str], None] | None = None) -> None:
         self.factory = factory
         self.devices = devices
@@ -82,9 +112,9 @@ class Engine:
         # of the cores: N workers each spinning up every core's thread oversubscribe them.
         self._gpu_worker_threads = max(1, self._cpu_threads // len(devices))
         self._workers: list[_Worker] = []
-        self._on_started: Callable[[int, str], None] | None = None
-        self._on_ready = on_ready  # (device, info, restarts) as each worker finishes loading
+        self._on_event = on_event or (lambda event: None)
         self._warn = warn or log.warning
+        self._state: JobWindow | None = None  # the jobs, while run() goes on
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -94,30 +124,18 @@ class Engine:
     def __exit__(self, exc_type, exc, tb) -> None:
         self._stop_all(graceful=exc_type is None)
 
-    def start(self) -> dict:
-        """Start a worker per device and wait until one has loaded; returns its info."""
-        self.launch()
-        return self.wait_ready()
-
     def launch(self) -> None:
         """Start a worker per device; they load their models while the caller goes on."""
         self._workers = [self._spawn(device) for device in self.devices]
 
-    def wait_ready(self) -> dict:
-        """Wait until the first launched worker has loaded; returns its info. The others join
-        the run as they finish loading (each announced through `on_ready`): a device that
-        loads a few seconds later no longer holds back the ones that are ready."""
+    def wait_ready(self) -> Any:
+        """Wait until the first launched worker has loaded; returns its task's info. The
+        others join the run as they finish loading (each announced as a DeviceReady event):
+        a device that loads a few seconds later no longer holds back the ones that are ready."""
         while not any(w.ready for w in self._workers):
-            # "ready" first: a device that fails beside one that is ready does not stop the run
-            batch = sorted(self._next_messages(), key=lambda m: m[1] is None or m[1][0] != "ready")
-            for w, message in batch:
-                if w not in self._workers:
-                    continue
-                if message is None:
-                    self._lost_while_loading(w)
-                else:
-                    self._handle(w, message)
-        return next(w.info for w in self._workers if w.ready) or {}
+            # Ready first: a device that fails beside one that is ready does not stop the run
+            self._handle_all(self._next_messages(), first=Ready)
+        return next(w.info for w in self._workers if w.ready)
 
     def _spawn(self, device: torch.device) -> _Worker:
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
@@ -162,12 +180,9 @@ class Engine:
 
     # ------------------------------------------------------------------ the run
 
-    def run(self, jobs: Iterable[Job], on_result: Callable[[int, Any, str], None],
-            on_started: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, Any]]:
-        """Yield (index, result) in index order; on_result(index, result, device) as each
-        arrives, on_started(index, device) as a worker begins a job."""
-        self._on_started = on_started
-        state = _RunState(iter(jobs), self.window)
+    def run(self, jobs: Iterable[Job]) -> Iterator[tuple[int, Any]]:
+        """Yield (index, result) in index order; a JobDone event as each result arrives."""
+        self._state = state = JobWindow(iter(jobs), self.window)
         while True:
             # Stored results drain at once and free room in the window: refill and drain until
             # nothing more drains, else a window of only stored jobs would wait on idle workers.
@@ -186,22 +201,19 @@ class Engine:
                     w.conn.send((job.index, job.payload))
             # Results first: an error raised while handling another message must not lose a
             # result that already arrived (it would be recomputed on resume).
-            batch = sorted(self._next_messages(), key=lambda m: m[1] is None or m[1][0] != "done")
-            for w, message in batch:
-                if w not in self._workers:
-                    continue  # dropped earlier in this batch
-                if message is None:
-                    self._replace_dead(w, state)
-                elif message[0] == "done":
-                    _, index, result = message
-                    w.jobs.remove(index)
-                    w.running = None
-                    if state.complete(index, result):
-                        on_result(index, result, str(w.device))
-                else:
-                    self._handle(w, message)
+            self._handle_all(self._next_messages(), first=Done)
 
-    def _next_messages(self) -> list[tuple[_Worker, tuple | None]]:
+    def _handle_all(self, batch: list[tuple[_Worker, Message | None]], first: type) -> None:
+        """Handle messages of `first`'s kind, then the rest; None stands for a death."""
+        for w, message in sorted(batch, key=lambda item: not isinstance(item[1], first)):
+            if w not in self._workers:
+                continue  # dropped earlier in this batch
+            if message is None:
+                self._on_death(w)
+            else:
+                self._handle(w, message)
+
+    def _next_messages(self) -> list[tuple[_Worker, Message | None]]:
         """Block until some worker speaks or dies; None stands for a death."""
         waitables: dict[Any, _Worker] = {w.conn: w for w in self._workers}
         if not self.in_process:
@@ -210,10 +222,10 @@ class Engine:
         for ready in wait(list(waitables)):
             w = waitables[ready]
             if ready is w.conn:
-                out.append((w, self._recv(w)))
+                out.append((w, worker.receive(w.conn)))
             elif w.process.exitcode is not None or not w.process.is_alive():
                 # The pipe may still hold messages sent just before the death.
-                while w.conn.poll() and (message := self._recv(w)) is not None:
+                while w.conn.poll() and (message := worker.receive(w.conn)) is not None:
                     out.append((w, message))
                 out.append((w, None))
         # A death may be reported twice (pipe EOF and sentinel): keep the first.
@@ -228,33 +240,30 @@ class Engine:
         return unique
 
     @staticmethod
-    def _recv(w: _Worker) -> tuple | None:
-        try:
-            return w.conn.recv()
-        except (EOFError, OSError):
-            return None
-
-    @staticmethod
     def _died_loading(w: _Worker) -> None:
         w.process.join(STOP_GRACE_S)
         raise WorkerFailed(
             f"the worker for {w.device} died while loading the models (exit code "
             f"{getattr(w.process, 'exitcode', None)}); check its memory (a GPU needs room for "
-            "ESM-2 3B) or run with fewer --devices"
+            "the models) or run with fewer --devices"
         )
 
-    def _handle(self, w: _Worker, message: tuple) -> None:
-        kind = message[0]
-        if kind == "ready":
-            w.ready, w.info = True, message[1]
-            if self._on_ready is not None:
-                self._on_ready(str(w.device), w.info, w.restarts)
-        elif kind == "started":
-            w.running = message[1]
-            if self._on_started is not None:
-                self._on_started(message[1], str(w.device))
-        elif kind == "error":
-            _, exc, text = message
+    def _handle(self, w: _Worker, message: Message) -> None:
+        if isinstance(message, Ready):
+            w.ready, w.info = True, message.info
+            self._on_event(DeviceReady(str(w.device), message.info, message.startup_s, w.restarts))
+        elif isinstance(message, Started):
+            w.running, w.running_since = message.index, time.perf_counter()
+            self._on_event(JobStarted(self._state.job(message.index), str(w.device)))
+        elif isinstance(message, Done):
+            w.jobs.remove(message.index)
+            seconds = time.perf_counter() - w.running_since
+            w.running = None
+            job = self._state.job(message.index)
+            if self._state.complete(message.index, message.result):
+                self._on_event(JobDone(job, str(w.device), message.result, seconds))
+        elif isinstance(message, Failed):
+            exc, text = message.error, message.traceback
             if isinstance(exc, VirnucproError):
                 raise exc  # the input or the models: the same on every device
             first_line = str(exc).splitlines()[0] if str(exc) else ""
@@ -266,12 +275,13 @@ class Engine:
             raise WorkerFailed(f"the worker for {w.device} failed{where}: {type(exc).__name__}: "
                                f"{first_line} (run with -v for the traceback)")
         else:
-            raise AssertionError(f"unexpected worker message {kind!r}")
+            raise AssertionError(f"unexpected worker message {message!r}")
 
-    def _replace_dead(self, w: _Worker, state: "_RunState") -> None:
-        if not w.ready:
+    def _on_death(self, w: _Worker) -> None:
+        if not w.ready or self._state is None:
             self._lost_while_loading(w)  # restarting would only die again
             return
+        state = self._state
         w.process.join(STOP_GRACE_S)
         code = w.process.exitcode
         # The job it was running; before its first "started", the one it was preparing (else a
@@ -282,7 +292,7 @@ class Engine:
             if label is not None:
                 raise WorkerFailed(
                     f"{label} killed its worker twice (last on {w.device}, exit code {code}); "
-                    "the run stops: check memory limits for this input, or remove these sequences"
+                    "the run stops: check memory limits for this input, or remove what it holds"
                 )
         state.requeue(w.jobs)
         w.conn.close()
@@ -316,7 +326,7 @@ class Engine:
         return [str(w.device) for w in self._workers if not w.ready]
 
 
-class _RunState:
+class JobWindow:
     """The window of jobs: unassigned, in flight, finished-but-not-yet-handed-back."""
 
     def __init__(self, jobs: Iterator[Job], window: int) -> None:
@@ -328,6 +338,9 @@ class _RunState:
         self._results: dict[int, Any] = {}
         self._next_out = 0
         self._strikes: dict[int, int] = {}
+
+    def job(self, index: int) -> Job:
+        return self._open[index]
 
     def fill(self) -> None:
         while not self._exhausted and len(self._open) < self._window:

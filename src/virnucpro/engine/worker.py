@@ -7,17 +7,14 @@ The engine knows no biology. A task is whatever `factory(device)` builds: it has
 thread-safe) and `run(prepared)` (the device work). The same `serve` loop runs in a
 spawned process (several devices) or in a thread of the parent (one device).
 
-Python's full (generation-2) garbage collections stop the thread that feeds the device, for
-time proportional to every live object -- and loaded models plus torch.compile's graphs are
-about a million of them, so a full collection can hold up the launches for hundreds of
-milliseconds (PyTorch measured ~260 ms per full collection while compiling). A worker
-process defers them while its first job runs (that is where compilation happens), then
-freezes its heap: later collections only scan what each job allocates. A worker thread in
-the caller's process leaves the collector alone: those settings are process-wide, and the
-caller (a notebook, a test) would be left with a frozen heap.
+A worker process defers Python's full garbage collections while its first job runs (where
+compilation allocates about a million objects), then freezes its heap, so later collections
+never scan the loaded models (why: benchmarks/RESULTS.md, "garbage collection in workers").
+A worker thread in the caller's process leaves the collector alone: those settings are
+process-wide, and the caller (a notebook, a test) would be left with a frozen heap.
 
-Messages, worker -> parent: ("ready", info), ("started", index), ("done", index, result),
-("error", exception, traceback text). Parent -> worker: (index, payload), or None to stop.
+Messages, worker -> parent: Ready, Started, Done, Failed (below). Parent -> worker:
+(index, payload), or None to stop.
 """
 
 from __future__ import annotations
@@ -28,16 +25,17 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 import torch
 
-from virnucpro.background import in_background
+from virnucpro.engine.background import in_background
 
 
 class Task(Protocol):
-    info: dict
+    info: Any  # picklable; sent to the parent once the task is built
 
     def prepare(self, payload: Any) -> Any: ...
 
@@ -47,7 +45,33 @@ class Task(Protocol):
 TaskFactory = Callable[[torch.device], Task]
 
 
-def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None], *,
+@dataclass(frozen=True)
+class Ready:
+    info: Any  # the task's
+    startup_s: dict[str, float] = field(default_factory=dict)  # the worker's own phases and total
+
+
+@dataclass(frozen=True)
+class Started:
+    index: int
+
+
+@dataclass(frozen=True)
+class Done:
+    index: int
+    result: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: BaseException
+    traceback: str
+
+
+Message = Ready | Started | Done | Failed
+
+
+def serve(task: Task, receive: Callable[[], Any], send: Callable[[Message], None], *,
           settle_heap: bool = False) -> None:
     """Run jobs until receive() gives None; job n+1 is received and prepared during job n.
     settle_heap: defer full collections during the first job, then freeze the heap."""
@@ -63,7 +87,7 @@ def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None],
     while (current := pending()) is not None:
         pending = in_background(fetch, "prepare-next")
         index, prepared = current
-        send(("started", index))  # lets the parent blame the right job if this process dies
+        send(Started(index))  # lets the parent blame the right job if this process dies
         if settle:
             with _full_collections_deferred():
                 result = task.run(prepared)  # compiles its kernels on the first call
@@ -71,7 +95,7 @@ def serve(task: Task, receive: Callable[[], Any], send: Callable[[tuple], None],
             settle = False
         else:
             result = task.run(prepared)
-        send(("done", index, result))
+        send(Done(index, result))
 
 
 class _full_collections_deferred:
@@ -95,19 +119,19 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-def _with_startup(info: dict, entered: float, launched_at: float | None) -> dict:
-    """info plus "startup_s": seconds per start-up phase (the task's own phases, if it
-    reports them, after the process start) and "total"."""
+def _startup(entered: float, launched_at: float | None) -> dict[str, float]:
+    """Seconds from the parent's launch to this process running our code (when it was a
+    process), and to the task being ready ("total")."""
     phases = {"start process (spawn, imports)": round(entered - launched_at, 2)} if launched_at else {}
-    phases.update(info.get("startup_s", {}))
     phases["total"] = round(time.time() - (launched_at or entered), 2)
-    return {**info, "startup_s": phases}
+    return phases
 
 
-def _receive(conn: Connection) -> Any:
+def receive(conn: Connection) -> Any:
+    """The next object from the other end of a pipe; None once that end is gone."""
     try:
         return conn.recv()
-    except (EOFError, OSError):  # the parent is gone: stop quietly
+    except (EOFError, OSError):
         return None
 
 
@@ -120,17 +144,17 @@ def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Co
         task = factory(device)
         if own_process:
             freeze_heap()  # the loaded models: scanned once here instead of at every full collection
-        conn.send(("ready", _with_startup(task.info, entered, launched_at)))
-        serve(task, lambda: _receive(conn), conn.send, settle_heap=own_process)
+        conn.send(Ready(task.info, _startup(entered, launched_at)))
+        serve(task, lambda: receive(conn), conn.send, settle_heap=own_process)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         return  # the parent stopped listening; nothing left to report to
     except BaseException as exc:
         text = traceback.format_exc()
         try:
-            conn.send(("error", exc, text))
+            conn.send(Failed(exc, text))
         except Exception:  # the exception itself may not pickle
             try:
-                conn.send(("error", RuntimeError(repr(exc)), text))
+                conn.send(Failed(RuntimeError(repr(exc)), text))
             except Exception:
                 pass
 

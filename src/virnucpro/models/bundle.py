@@ -1,18 +1,28 @@
-"""The set of models one prediction run needs, as loaded (CPU, fp32)."""
+"""The set of models one prediction run needs, and how they are found and loaded: explicit
+path, else the usual cache, else (with --demo) a tiny random stand-in. Missing models are
+reported together, in one message that says where virnucpro looked and how to get them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from virnucpro.config import ModelPaths, file_identity, folder_identity
 from virnucpro.errors import ModelError
+from virnucpro.models import demo
 from virnucpro.models.classifier import MLPClassifier
+from virnucpro.models.classifier_loader import default_classifier_path, load_classifier
 from virnucpro.models.dna_tokenizer import DnaTokenizer
 from virnucpro.models.dnabert_s import DNABertS
+from virnucpro.models.dnabert_s_loader import DNABERT_S_REPO, find_dnabert_s_folder, load_dnabert_s
 from virnucpro.models.esm2 import ESM2
+from virnucpro.models.esm2_loader import default_esm2_path, load_esm2
 
 
 @dataclass
 class ModelBundle:
+    """The models as loaded, on the CPU (ESM-2 in its stored dtype, the others in fp32)."""
+
     esm: ESM2
     dnabert: DNABertS
     tokenizer: DnaTokenizer
@@ -33,3 +43,95 @@ class ModelBundle:
                 f"the classifier expects {expected} features but DNABERT-S ({dna}) + ESM-2 ({esm}) "
                 f"give {dna + esm}: the classifier was trained for other embedding models"
             )
+
+
+GET_MODELS_HINT = (
+    "get them with `virnucpro models download` on a machine with internet access, "
+    "pass their paths (--esm-model, --dnabert-model, --classifier), "
+    "or try the pipeline with tiny random models: --demo"
+)
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where one model is looked for, for `virnucpro models info`."""
+
+    name: str
+    path: str
+    present: bool
+    how_to_get: str
+
+
+def model_locations(chunk_len: int, paths: ModelPaths = ModelPaths()) -> list[ModelLocation]:
+    esm = paths.esm or default_esm2_path()
+    try:
+        dnabert = str(find_dnabert_s_folder(paths.dnabert))
+        dnabert_present = True
+    except ModelError:
+        dnabert = str(paths.dnabert) if paths.dnabert else f"Hugging Face cache: {DNABERT_S_REPO}"
+        dnabert_present = False
+    classifier = paths.classifier or default_classifier_path(chunk_len)
+    return [
+        ModelLocation("ESM-2 3B", str(esm), Path(esm).is_file(), "virnucpro models download --only esm"),
+        ModelLocation("DNABERT-S", dnabert, dnabert_present, "virnucpro models download --only dnabert"),
+        ModelLocation(
+            f"classifier ({chunk_len} bp)", str(classifier), Path(classifier).is_file(),
+            "virnucpro models download --only classifier",
+        ),
+    ]
+
+
+def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelBundle:
+    """Load every model on the CPU (ESM-2 in its stored dtype, the others in fp32); raise one
+    ModelError listing all that are missing."""
+    missing = [
+        loc for loc in model_locations(chunk_len, paths)
+        if not loc.present and not (use_demo and _is_default(loc, paths))
+    ]
+    if missing:
+        lines = "; ".join(f"{m.name}: looked in {m.path}" for m in missing)
+        raise ModelError(f"model(s) not found -- {lines}. To fix: {GET_MODELS_HINT}")
+
+    identity: dict[str, str] = {}
+    demo_models: list[str] = []
+
+    if paths.esm is None and use_demo:
+        esm = demo.demo_esm()
+        identity["esm"] = "demo"
+        demo_models.append("ESM-2")
+    else:
+        path = paths.esm or default_esm2_path()
+        # In the file's own dtype (fp16 for the released 3B): memory-mapped, mostly uncopied,
+        # and (for fp16) half the bytes of fp32 to move to the device, where the worker casts
+        # it to the compute dtype. Widening is exact, so every precision sees the same values.
+        esm = load_esm2(path, dtype=None)
+        identity["esm"] = file_identity(path)
+
+    if paths.dnabert is None and use_demo:
+        tokenizer = demo.demo_tokenizer()
+        dnabert = demo.demo_dnabert(tokenizer.vocab_size)
+        identity["dnabert"] = "demo"
+        demo_models.append("DNABERT-S")
+    else:
+        folder = find_dnabert_s_folder(paths.dnabert)
+        dnabert, tokenizer = load_dnabert_s(folder)
+        identity["dnabert"] = folder_identity(folder)
+
+    if paths.classifier is None and use_demo:
+        classifier = demo.demo_classifier(dnabert.hidden + esm.embed_dim)
+        identity["classifier"] = "demo"
+        demo_models.append("classifier")
+    else:
+        path = paths.classifier or default_classifier_path(chunk_len)
+        classifier = load_classifier(path)
+        identity["classifier"] = file_identity(path)
+
+    bundle = ModelBundle(esm, dnabert, tokenizer, classifier, identity, tuple(demo_models))
+    bundle.check_compatible()
+    return bundle
+
+
+def _is_default(location: ModelLocation, paths: ModelPaths) -> bool:
+    """True when this model was not named explicitly (so --demo may stand in for it)."""
+    explicit = {"ESM-2 3B": paths.esm, "DNABERT-S": paths.dnabert}.get(location.name, paths.classifier)
+    return explicit is None

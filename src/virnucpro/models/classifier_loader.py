@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from virnucpro.config import CHUNK_LENGTHS
 from virnucpro.errors import ModelError
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.models.safe_load import safe_torch_load
 
-CHUNK_LENGTHS = (300, 500)
 _WHAT = "classifier"
 # What the released pickles name, and what each name is rebuilt as (all inert to unpickle).
 _PICKLED_CLASSES: dict[str, type] = {

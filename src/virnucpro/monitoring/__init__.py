@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from virnucpro.monitor import Event, Monitor
+from virnucpro.monitoring.events import Event, Monitor
 from virnucpro.monitoring.gpu import GpuMetricsFile, GpuMonitor, gpu_log_line
 from virnucpro.monitoring.heartbeat import Heartbeat
 from virnucpro.monitoring.progress import PlainProgress, RichProgress
+from virnucpro.monitoring.report import ReportOnFinish
 from virnucpro.monitoring.summary import RunRecorder
 from virnucpro.monitoring.workers import Thresholds, WorkerWatch
 
@@ -58,7 +59,9 @@ def attach(monitor: Monitor, options: MonitorOptions = MonitorOptions()) -> Sess
         closers.insert(0, bar.stop)
     elif options.progress == "lines":
         monitor.subscribe(PlainProgress(options.progress_interval))
-    for subscriber in (gpu, metrics_file, gpu_log_subscriber, watch,
-                       RunRecorder(monitor, watch, report_sequences=options.report_sequences), heartbeat):
+    subscribers = [gpu, metrics_file, gpu_log_subscriber, watch, RunRecorder(monitor, watch)]
+    if options.report_sequences is not None:  # after the recorder: the report reads its summary
+        subscribers.append(ReportOnFinish(options.report_sequences))
+    for subscriber in (*subscribers, heartbeat):
         monitor.subscribe(subscriber)
     return Session(heartbeat, closers)

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from virnucpro.monitor import Event, Monitor
+from virnucpro.layout import METRICS_NAME
+from virnucpro.monitoring.events import Event, Monitor
 
 log = logging.getLogger("virnucpro")
-METRICS_NAME = "gpu_metrics.jsonl"
 _MIB = 1 << 20
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from virnucpro.monitor import Event, Monitor
+from virnucpro.monitoring.events import Event, Monitor
 
 
 class Heartbeat:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from virnucpro.monitor import Event
+from virnucpro.monitoring.events import Event
 
 log = logging.getLogger("virnucpro")
 

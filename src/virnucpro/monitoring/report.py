@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
-from virnucpro.errors import InputError
-from virnucpro.monitoring import svg
-from virnucpro.monitoring.gpu import METRICS_NAME, read_metrics
-from virnucpro.monitoring.summary import SUMMARY_NAME, describe_startup
-from virnucpro.stages.write import RESULTS_NAME
+import logging
 
-REPORT_NAME = "report.html"
+from virnucpro.errors import InputError, OutputError
+from virnucpro.layout import METRICS_NAME, REPORT_NAME, RESULTS_NAME, SUMMARY_NAME, record_and_chunk, write_text_atomic
+from virnucpro.monitoring import svg
+from virnucpro.monitoring.events import Event, describe_startup
+from virnucpro.monitoring.gpu import read_metrics
+
+log = logging.getLogger("virnucpro")
 SCORE_BINS = 40
 
 
@@ -51,12 +53,6 @@ class ResultScan:
     missing: list[str]  # asked-for ids with no frame in the results
 
 
-def _split_frame_id(frame_id: str) -> tuple[str, int] | None:
-    """'read7_chunk_12R2' -> ('read7', 12); None for ids not in the chunk form."""
-    record, sep, rest = frame_id[:-2].rpartition("_chunk_")
-    return (record, int(rest)) if sep and rest.isdigit() else None
-
-
 def scan_results(path: Path, *, first: int = 5, ids: Iterable[str] | None = None) -> ResultScan:
     """One streaming pass over prediction_results.txt: the score2 histogram over all frames,
     and chunk scores of the first `first` sequences, or of the sequences named in `ids`."""
@@ -72,7 +68,7 @@ def scan_results(path: Path, *, first: int = 5, ids: Iterable[str] | None = None
             s1, s2 = float(a), float(b)
             frames += 1
             counts[min(int(s2 * SCORE_BINS), SCORE_BINS - 1)] += 1
-            parsed = _split_frame_id(frame_id)
+            parsed = record_and_chunk(frame_id)
             if parsed is None:
                 continue
             record, number = parsed
@@ -199,8 +195,24 @@ def render_report(result_dir: Path, *, first_sequences: int = 5, ids: list[str] 
 def write_report(result_dir: Path, *, first_sequences: int = 5, ids: list[str] | None = None,
                  out: Path | None = None) -> Path:
     out = Path(out) if out is not None else Path(result_dir) / REPORT_NAME
-    html = render_report(result_dir, first_sequences=first_sequences, ids=ids)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, render_report(result_dir, first_sequences=first_sequences, ids=ids), fsync=False)
     return out
+
+
+class ReportOnFinish:
+    """Subscriber: at run_finished (after the run summary is written), draws report.html
+    with the first `sequences` sequences. The results are safe by then: a report that cannot
+    be drawn is a warning, not a failed run."""
+
+    def __init__(self, sequences: int) -> None:
+        self.sequences = sequences
+        self.result_dir: Path | None = None
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "run_started":
+            self.result_dir = Path(event.data["result_dir"])
+        elif event.kind == "run_finished" and self.result_dir is not None:
+            try:
+                write_report(self.result_dir, first_sequences=self.sequences)
+            except (OSError, ValueError, OutputError) as exc:
+                log.warning(f"report.html not written: {exc}")

@@ -1,4 +1,5 @@
-"""The end-of-run account: `run_summary.json` in the result folder and a few lines on stderr.
+"""The end-of-run account: `run_summary.json` in the result folder and a few lines on stderr
+(report.html is drawn from it afterwards, by monitoring/report.py).
 
 Built only from events, so it describes what the run did, whichever engine ran it.
 """
@@ -7,18 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import statistics
 import sys
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.monitor import Event, Monitor
+from virnucpro.layout import SUMMARY_NAME, write_text_atomic
+from virnucpro.monitoring.events import Event, Monitor
 from virnucpro.monitoring.workers import WorkerWatch
 
 log = logging.getLogger("virnucpro")
-SUMMARY_NAME = "run_summary.json"
 SUMMARY_FORMAT = 1
 
 
@@ -82,13 +82,12 @@ class GpuTotals:
 
 
 class RunRecorder:
-    """Subscriber: collects the run's facts; at run_finished writes run_summary.json, logs a
-    short human summary and (optionally) the HTML report."""
+    """Subscriber: collects the run's facts; at run_finished writes run_summary.json and logs
+    a short human summary."""
 
-    def __init__(self, monitor: Monitor, watch: WorkerWatch, *, report_sequences: int | None = 5):
+    def __init__(self, monitor: Monitor, watch: WorkerWatch):
         self._monitor = monitor
         self._watch = watch
-        self._report_sequences = report_sequences  # None: no report.html
         self._started: dict = {}
         self._start_time = 0.0
         self.stages: dict[str, float] = {}
@@ -159,29 +158,10 @@ class RunRecorder:
 
     def _finish(self, finished: dict) -> None:
         self.summary = self.build(finished)
-        result_dir = Path(self.summary["result_dir"])
-        write_json_atomic(result_dir / SUMMARY_NAME, self.summary)
+        write_text_atomic(Path(self.summary["result_dir"]) / SUMMARY_NAME,
+                          json.dumps(self.summary, indent=2) + "\n", fsync=False)
         for line in human_summary(self.summary):
             log.info(line)
-        if self._report_sequences is not None:
-            from virnucpro.monitoring.report import write_report
-
-            try:
-                write_report(result_dir, first_sequences=self._report_sequences)
-            except (OSError, ValueError) as exc:  # the results are safe; only the report is lost
-                log.warning(f"report.html not written: {exc}")
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def describe_startup(phases: dict) -> str:
-    """A device's start-up phases (seconds, as workers report them) in one line."""
-    parts = ", ".join(f"{name} {sec:.1f} s" for name, sec in phases.items() if name != "total")
-    return f"ready after {phases.get('total', 0.0):.1f} s ({parts})"
 
 
 def human_summary(summary: dict) -> list[str]:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from virnucpro.monitor import Event, Monitor
+from virnucpro.monitoring.events import Event, Monitor
 
 log = logging.getLogger("virnucpro")
 

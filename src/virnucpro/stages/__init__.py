@@ -1,1 +1,2 @@
-"""Pure CPU stages: read, chunk, translate/select frames, write results."""
+"""Pure CPU stages: read, chunk, translate/select frames, write results and intermediates,
+reuse the original VirNucPro's embeddings, export embeddings."""

@@ -365,3 +365,28 @@ def find_duplicate_ids(path: str | Path) -> list[str]:
         if hash(record_id) in repeated:
             counts[record_id] = counts.get(record_id, 0) + 1
     return sorted(record_id for record_id, n in counts.items() if n > 1)
+
+
+def check_input_opens(path: Path) -> None:
+    """Input problems that must stop a run before any work or output, the quick ones: the
+    file exists and its first record reads. (Unique ids: check_unique_ids.)"""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    records = read_records(path)
+    first = next(records, None)
+    records.close()  # only the first record was needed: release the file now
+    if first is None:
+        raise InputError(f"{path}: no sequences in this file (is it empty?)")
+
+
+def check_unique_ids(path: Path) -> None:
+    """A pass over every header of the input (the whole file: seconds per GB)."""
+    duplicates = find_duplicate_ids(path)
+    if duplicates:
+        shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
+        raise InputError(
+            f"{path}: {len(duplicates)} record id(s) occur more than once ({shown}); "
+            "ids (the first word of each header) must be unique"
+        )

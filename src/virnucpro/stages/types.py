@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -33,3 +35,12 @@ class Frame:
     id: str
     nt: str
     aa: str
+
+
+@dataclass(frozen=True)
+class KnownEmbeddings:
+    """Embeddings of some frames of a shard, computed by an earlier run (the original's)."""
+
+    rows: np.ndarray  # [K] positions in the shard
+    dna: np.ndarray  # [K, D_dna] float32
+    protein: np.ndarray  # [K, D_esm] float32

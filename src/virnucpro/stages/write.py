@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import heapq
 import os
-import secrets
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from virnucpro.errors import OutputError
+from virnucpro.layout import HIGHEST_NAME, RESULTS_NAME, chunk_of, open_temp
 from virnucpro.stages.types import Chunk, Frame
 
 _LINE_WIDTH = 60  # Biopython's FASTA writer wraps sequences at 60 columns
 _WRITE_EVERY = 4096  # records per handle.write call: few, large writes
 
-RESULTS_NAME = "prediction_results.txt"
-HIGHEST_NAME = "prediction_results_highestscore.csv"
 RESULTS_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
 HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
 
@@ -80,20 +79,6 @@ def _as_scores(values, n: int, name: str) -> np.ndarray:
     return scores
 
 
-def new_temp_path(folder: Path, name: str) -> Path:
-    """A fresh, empty hidden file `.{name}.{pid}.r{random hex}.tmp` in `folder`.
-
-    Every temporary of the result writer is named so: the pid is the name's only all-digit
-    part (the random part starts with a letter), which lets the next run's clean-up of stale
-    temporaries (pipeline.remove_stale_temporaries) remove those of a killed run and keep
-    those of a live one. Created here with mode 'x', so the umask applies (unlike mkstemp's
-    0600) and a final file renamed from it gets the usual permissions.
-    """
-    path = Path(folder) / f".{name}.{os.getpid()}.r{secrets.token_hex(6)}.tmp"
-    path.open("x").close()
-    return path
-
-
 class _ChunkMaxima:
     """Per-chunk (max score1, max score2), with memory bounded by spilling sorted runs.
 
@@ -124,9 +109,9 @@ class _ChunkMaxima:
             self._spill()
 
     def _spill(self) -> None:
-        path = new_temp_path(self._work_dir, "highestscore-run")
+        path, run = open_temp(self._work_dir, "highestscore-run")
         self._runs.append(path)
-        with open(path, "w", encoding="utf-8", newline="\n") as run:
+        with run:
             _write_in_blocks(
                 run, (f"{k}\t{v[0]!r}\t{v[1]!r}\n" for k, v in sorted(self._current.items()))
             )
@@ -159,7 +144,8 @@ class _ChunkMaxima:
 
     def discard(self) -> None:
         for path in self._runs:
-            path.unlink(missing_ok=True)
+            with suppress(OSError):
+                path.unlink(missing_ok=True)
         self._runs = []
         self._current = {}
 
@@ -179,8 +165,7 @@ class ResultWriter:
         self._temps: list[Path] = []
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._results_tmp = self._new_temp(RESULTS_NAME)
-            self._results = open(self._results_tmp, "w", encoding="utf-8", newline="\n")
+            self._results_tmp, self._results = self._new_temp(RESULTS_NAME)
             self._results.write(RESULTS_HEADER)
         except OSError as exc:
             self._remove_temps()
@@ -190,10 +175,10 @@ class ResultWriter:
         self._maxima = _ChunkMaxima(self.out_dir, spill_rows)
         self._done = False
 
-    def _new_temp(self, final_name: str) -> Path:
-        path = new_temp_path(self.out_dir, final_name)
+    def _new_temp(self, final_name: str) -> tuple[Path, IO[str]]:
+        path, handle = open_temp(self.out_dir, final_name)
         self._temps.append(path)
-        return path
+        return path, handle
 
     def add(self, ids: Sequence[str], score1, score2) -> None:
         """Append rows for frames `ids` (input order) with their float32 class scores."""
@@ -211,7 +196,7 @@ class ResultWriter:
         )
         try:
             _write_in_blocks(self._results, rows)
-            self._maxima.update([fid[:-2] for fid in ids], s1.tolist(), s2.tolist())
+            self._maxima.update([chunk_of(fid) for fid in ids], s1.tolist(), s2.tolist())
         except OSError as exc:
             raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc})") from None
 
@@ -221,8 +206,8 @@ class ResultWriter:
             return
         try:
             self._results.close()
-            highest_tmp = self._new_temp(HIGHEST_NAME)
-            with open(highest_tmp, "w", encoding="utf-8", newline="\n") as table:
+            highest_tmp, table = self._new_temp(HIGHEST_NAME)
+            with table:
                 table.write(HIGHEST_HEADER)
                 _write_in_blocks(
                     table,
@@ -250,7 +235,8 @@ class ResultWriter:
 
     def _remove_temps(self) -> None:
         for path in self._temps:
-            path.unlink(missing_ok=True)
+            with suppress(OSError):  # clean-up must not hide the error that caused it
+                path.unlink(missing_ok=True)
         self._temps.clear()
 
     def __enter__(self) -> "ResultWriter":
@@ -261,3 +247,59 @@ class ResultWriter:
             self.close()
         else:
             self.abort()
+
+
+class IntermediateFiles:
+    """--keep-intermediate: the original's FASTA intermediates (chunks, kept frames'
+    nucleotides, their proteins; byte-identical to the original's), written as the frames
+    stream by under temporary names and renamed into place only when the run succeeds, so an
+    interrupted run never leaves a truncated file that looks whole. `paths`: the three final
+    paths (layout.RunLayout.intermediates); None writes nothing."""
+
+    def __init__(self, paths: Sequence[Path] | None) -> None:
+        self.paths = list(paths or [])
+        self._temps: list[tuple[Path, IO[str]]] = []
+
+    def __enter__(self) -> "IntermediateFiles":
+        for path in self.paths:
+            try:
+                self._temps.append(open_temp(path.parent, path.name))
+            except OSError as exc:
+                self._close(success=False)
+                raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+        return self
+
+    def add_chunks(self, chunks: Sequence[Chunk]) -> None:
+        if self._temps:
+            self._write(self.paths[0], write_chunks_fasta, chunks, self._temps[0][1])
+
+    def add_frames(self, frames: Sequence[Frame]) -> None:
+        if self._temps:
+            self._write(self.paths[1], write_frames_fasta, frames, self._temps[1][1], self._temps[2][1])
+
+    @staticmethod
+    def _write(path: Path, write, *args) -> None:
+        try:
+            write(*args)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._close(success=exc_type is None)
+
+    def _close(self, success: bool) -> None:
+        try:
+            for (tmp, handle), path in zip(self._temps, self.paths):
+                handle.close()
+                if success:
+                    os.replace(tmp, path)
+        except OSError as exc:
+            success = False
+            raise OutputError(f"cannot write the intermediate files: {exc.strerror or exc}") from None
+        finally:
+            if not success:
+                for tmp, handle in self._temps:
+                    with suppress(OSError):
+                        handle.close()
+                        tmp.unlink(missing_ok=True)
+            self._temps = []

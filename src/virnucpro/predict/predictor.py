@@ -9,21 +9,22 @@ ESM-2 in fair-esm's length-sorted 2048-token batches) so speed-ups can be measur
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from virnucpro.config import REFERENCE_ESM_TOKENS_PER_BATCH
-from virnucpro.engine.devices import MIN_GPU_BATCH_TOKENS, batch_tokens_for
-from virnucpro.engine.batching import budget_batches, one_by_one, packed_batches, reference_batches
-from virnucpro.models.bundle import ModelBundle
-from virnucpro.models.classifier import class_probabilities
-from virnucpro.models.esm2 import ESM2, PackedBatch, pack_proteins
-from virnucpro.models.placement import esm_on_device
+from virnucpro.models.classifier import MLPClassifier, class_probabilities
+from virnucpro.models.dna_tokenizer import DnaTokenizer
+from virnucpro.models.dnabert_s import DNABertS
+from virnucpro.models.esm2 import ESM2, PackedBatch
 from virnucpro.models.protein_alphabet import encode_proteins
+from virnucpro.predict.batching import budget_batches, one_by_one, packed_batches, reference_batches
+from virnucpro.predict.compile import is_compiled, uncompile_packed_layers
+from virnucpro.predict.packing import pack_proteins
+from virnucpro.predict.precision import Precision
 from virnucpro.stages.types import Frame
 
 
@@ -35,6 +36,8 @@ class FramePredictions:
     score2: np.ndarray  # P(virus)
     dna_embeddings: np.ndarray | None = None
     protein_embeddings: np.ndarray | None = None
+    batches_halved: int = 0  # batches split in two after running out of device memory
+    redone_in_fp32: bool = False  # DNABERT-S overflowed fp16 and was run again in fp32
 
 
 log = logging.getLogger("virnucpro")
@@ -44,55 +47,24 @@ PoolFn = Callable[["TokenBatch | PackedBatch"], torch.Tensor]
 
 
 class FramePredictor:
-    def __init__(
-        self,
-        bundle: ModelBundle,
-        device: torch.device,
-        dtype: torch.dtype,
-        *,
-        reference: bool,
-        batch_tokens: int | None = None,
-        compile: bool | str = False,
-    ) -> None:
-        self.device = device
-        self.reference = reference
-        # Packed (padding-free) ESM-2 batches through flash varlen attention, where that
-        # kernel exists: CUDA in bf16/fp16. Elsewhere length-sorted padded batches.
-        self.packed = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and not reference
-        self.oom_splits = 0  # batches halved after running out of device memory
-        self.fp16_overflows = 0  # shards whose DNABERT-S pass was redone in fp32
-        self.tokenizer = bundle.tokenizer
-        # DNABERT-S (~3% of the FLOPs) keeps fp32 weights; on a GPU's fast path its GEMMs run
-        # in fp16 under autocast whatever --precision says: at the same speed as bf16, its
-        # embeddings came out far closer to fp32 (worst-frame cosine 0.99999 vs 0.9991, largest
-        # relative error 4e-3 vs 4e-2; benchmarks/RESULTS.md). A shard whose fp16 pass
-        # overflows is redone in fp32.
-        self.dnabert = bundle.dnabert.to(device=device, dtype=torch.float32).eval()
-        self.dna_autocast = device.type == "cuda" and dtype != torch.float32 and not reference
-        if not self.dna_autocast:
-            self.dnabert.to(dtype=dtype)
-        # The classifier is tiny; fp32 keeps its scores comparable to the original's.
-        self.classifier = bundle.classifier.to(device=device, dtype=torch.float32).eval()
-        self.compiled = bool(compile) and self.packed
-        self.compile_seconds = 0.0  # compiling and the warm-up shard, on its own thread
-        # Enough for the warm-up's few frames; sized from the free memory once ESM-2 is resident.
-        self.batch_tokens = batch_tokens or MIN_GPU_BATCH_TOKENS
-        # Compiled on an empty copy while the weights are copied in (models/placement.py):
-        # the first shard then runs at full speed, and start-up pays for the slower of the
-        # two instead of both.
-        mode = None if compile is True else compile
-        compile_beside = (lambda esm: self._compile(esm, mode)) if self.compiled else None
-        self.esm, self.copy_seconds = esm_on_device(bundle.esm, device, dtype, while_copying=compile_beside)
-        self.batch_tokens = batch_tokens or batch_tokens_for(device, self.esm.embed_dim)
+    """Every model of a run on one device, ready: frames in, class probabilities out.
 
-    def _compile(self, esm: ESM2, mode: str | None) -> None:
-        """Compile ESM-2's packed layers and run a small shard through everything, so every
-        kernel is compiled (or fetched from the on-disk cache) and loaded before real work."""
-        t0 = time.perf_counter()
-        compile_packed_layers(esm, mode=mode)
+    Built by `predict.placement.place_predictor` (models copied in, ESM-2 compiled beside the
+    copy); its parts are already on `device` in the precision's dtypes."""
+
+    def __init__(self, tokenizer: DnaTokenizer, dnabert: DNABertS, esm: ESM2, classifier: MLPClassifier,
+                 device: torch.device, precision: Precision, batch_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.dnabert = dnabert
         self.esm = esm
-        self.predict(warm_up_frames())
-        self.compile_seconds = time.perf_counter() - t0
+        self.classifier = classifier
+        self.device = device
+        self.precision = precision
+        self.batch_tokens = batch_tokens
+
+    @property
+    def compiled(self) -> bool:
+        return is_compiled(self.esm)
 
     def prepare(self, frames: Sequence[Frame]) -> PreparedShard:
         """Host-side work for a shard (tokenize, plan batches, pin memory). Thread-safe and
@@ -101,11 +73,11 @@ class FramePredictor:
             return PreparedShard(0, None, None)
         dna_ids, dna_lengths = self.tokenizer.encode_batch([f.nt for f in frames])
         tokens, lengths = encode_proteins([f.aa for f in frames])
-        if self.reference:
+        if self.precision.reference:
             dna_plan = one_by_one(len(frames))
             # fair-esm counts residues + 1 against its 2048-token budget
             esm_plan = reference_batches(lengths.numpy() - 2, REFERENCE_ESM_TOKENS_PER_BATCH, 1)
-        elif self.packed:
+        elif self.precision.packed:
             dna_plan = budget_batches(dna_lengths.numpy(), self.batch_tokens)
             esm_plan = packed_batches(lengths.numpy(), self.batch_tokens)
         else:
@@ -113,7 +85,7 @@ class FramePredictor:
             esm_plan = budget_batches(lengths.numpy(), self.batch_tokens)
         pin = self.device.type == "cuda"
         dna = EncoderInput(dna_ids, dna_lengths, packed=False, pin=pin)
-        protein = EncoderInput(tokens, lengths, packed=self.packed, pin=pin)
+        protein = EncoderInput(tokens, lengths, packed=self.precision.packed, pin=pin)
         dna.plan(dna_plan)
         protein.plan(esm_plan)
         return PreparedShard(len(frames), dna, protein)
@@ -124,15 +96,16 @@ class FramePredictor:
         if prepared.count == 0:
             empty = np.zeros(0, dtype=np.float32)
             return FramePredictions(empty, empty.copy())
-        dna = self._pool_all(self._pool_dna, prepared.dna, prepared.count)
-        protein = self._pool_all(self._pool_protein, prepared.protein, prepared.count)
+        dna, halved_dna = self._pool_all(self._pool_dna, prepared.dna, prepared.count)
+        protein, halved_esm = self._pool_all(self._pool_protein, prepared.protein, prepared.count)
         finite = torch.isfinite(dna).all()  # checked once per shard, with the results' copy
         result = self._classify(dna, protein, keep_embeddings)
-        if self.dna_autocast and not bool(finite):
-            self.fp16_overflows += 1
-            dna = self._pool_all(self._pool_dna_fp32, prepared.dna, prepared.count)
+        redo = self.precision.dnabert_autocast and not bool(finite)
+        if redo:
+            dna, halved_again = self._pool_all(self._pool_dna_fp32, prepared.dna, prepared.count)
             result = self._classify(dna, protein, keep_embeddings)
-        return result
+            halved_dna += halved_again
+        return replace(result, batches_halved=halved_dna + halved_esm, redone_in_fp32=redo)
 
     @torch.inference_mode()
     def classify_embeddings(self, dna: np.ndarray, protein: np.ndarray,
@@ -158,7 +131,7 @@ class FramePredictor:
         return self.run(self.prepare(frames), keep_embeddings)
 
     def _pool_dna(self, batch: "TokenBatch | PackedBatch") -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.dna_autocast):
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.precision.dnabert_autocast):
             return self._pool_dna_fp32(batch)
 
     def _pool_dna_fp32(self, batch: "TokenBatch | PackedBatch") -> torch.Tensor:
@@ -180,14 +153,15 @@ class FramePredictor:
                 log.warning("torch.compile failed on %s (%s: %s); continuing without it",
                             self.device, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 uncompile_packed_layers(self.esm)
-                self.compiled = False
                 return self.esm.pooled_packed(batch)
         ids = batch.ids.to(self.device, non_blocking=True)
         return self.esm.pooled(ids, batch.lengths.to(self.device, non_blocking=True))
 
-    def _pool_all(self, pool: PoolFn, encoder: EncoderInput, count: int) -> torch.Tensor:
-        """Run `pool` over the planned batches; scatter rows back into input order."""
+    def _pool_all(self, pool: PoolFn, encoder: EncoderInput, count: int) -> tuple[torch.Tensor, int]:
+        """Run `pool` over the planned batches; scatter rows back into input order. Also
+        returns how many batches were halved after running out of memory."""
         out: torch.Tensor | None = None
+        halved = 0
         pending = list(encoder.batches)
         while pending:
             rows, batch = pending.pop(0)
@@ -200,61 +174,13 @@ class FramePredictor:
                 torch.cuda.empty_cache() if self.device.type == "cuda" else None
                 half = len(rows) // 2
                 pending[:0] = [encoder.cut(rows[:half]), encoder.cut(rows[half:])]
-                self.oom_splits += 1
+                halved += 1
                 continue
             if out is None:
                 out = torch.empty(count, pooled.shape[1], dtype=torch.float32, device=self.device)
             out[torch.from_numpy(rows).to(self.device, non_blocking=True)] = pooled
         assert out is not None
-        return out
-
-
-def warm_up_frames() -> list[Frame]:
-    """A few frames of different lengths (proteins of 8, 49 and 166 residues, the codons to
-    match): enough to compile every kernel of the packed path for any batch size."""
-    residues = "ACDEFGHIKLMNPQRSTVWY"
-    frames = []
-    for n, length in enumerate((8, 49, 166)):
-        aa = "M" + (residues * 9)[n : n + length - 1]
-        frames.append(Frame(f"warm_up_{n}", ("ATG" + "GCA" * (length - 1))[: 3 * length], aa))
-    return frames
-
-
-def compile_packed_layers(esm: torch.nn.Module, mode: str | None = None) -> None:
-    """torch.compile each ESM-2 layer's packed forward (fuses LayerNorm, rotary, GELU and
-    residual adds around the GEMMs). Token counts vary per batch: dynamic shapes, so one
-    compilation serves every batch; the layers share code, so they share the compiled graph.
-
-    In Inductor's deterministic mode: otherwise each process times its candidate reduction
-    kernels (LayerNorm's block size and warps) on its own GPU and keeps the fastest, and those
-    candidates sum in different orders. Two workers could then compute the same shard with
-    different roundings, and results would depend on the device count (seen on 4 H200s: the
-    1-, 2- and 4-GPU result files differed)."""
-    options = compile_options(mode)
-    for layer in esm.layers:
-        layer.forward_packed = torch.compile(layer.forward_packed, dynamic=True, options=options)
-
-
-def compile_options(mode: str | None) -> dict:
-    """Inductor options: those of `mode` (None: the default), made deterministic where this
-    PyTorch has the switch (older ones get a warning)."""
-    import torch._inductor
-    import torch._inductor.config
-
-    options = dict(torch._inductor.list_mode_options(mode, dynamic=True)) if mode else {}
-    if hasattr(torch._inductor.config, "deterministic"):
-        options["deterministic"] = True
-    else:
-        log.warning("this PyTorch (%s) has no deterministic mode for torch.compile: results may "
-                    "differ in the last bits between devices; --no-compile avoids that",
-                    torch.__version__)
-    return options
-
-
-def uncompile_packed_layers(esm: torch.nn.Module) -> None:
-    """Drop the compiled wrappers: the class's own (eager) method shows through again."""
-    for layer in esm.layers:
-        layer.__dict__.pop("forward_packed", None)
+        return out, halved
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,25 @@ import torch
 
 from virnucpro.cli import main
 from virnucpro.config import RunConfig
-from virnucpro.legacy import attach_legacy, legacy_identity, read_split
+from virnucpro.layout import OriginalRunFiles
 from virnucpro.models.safe_load import safe_torch_load
 from virnucpro.stages.chunk import iter_chunks
 from virnucpro.stages.read import read_records
+from virnucpro.stages.reuse_original import OriginalRun, original_identity, read_split
 from virnucpro.stages.translate import select_frames
 from virnucpro.stages.types import Frame
 
-LEGACY = Path(__file__).resolve().parents[2] / "shared" / "golden" / "legacy_original_run"
+from golden import LEGACY_DIR as LEGACY
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ecoli_reads150.fa"
+
+
+def attach_original(frames, prefix: str, warn) -> list[tuple[Frame, bool]]:
+    """Each frame, and whether the original's files give its embeddings."""
+    original = OriginalRun(OriginalRunFiles(prefix), (768, 2560), warn)
+    passed = list(original.frames(iter(frames)))
+    known = original.known_for(passed)
+    rows = set() if known is None else set(known.rows.tolist())
+    return [(frame, row in rows) for row, frame in enumerate(passed)]
 
 
 def frames_of(path: Path, chunk_len: int):
@@ -32,14 +42,14 @@ def test_real_original_files_read_and_matched(tmp_path):
     for name in ("test_with_orfs", "test_fixed_500bp"):
         for part in ("nucleotide", "protein"):
             shutil.copytree(LEGACY / f"{name}_{part}", tmp_path / f"{name}_{part}")
-        split = read_split(str(tmp_path / name), 1, 768)
+        split = read_split(OriginalRunFiles(str(tmp_path / name)), 1, 768)
         merged = safe_torch_load(LEGACY / f"{name}_merged" / "output_1_merged.pt", what="merged")
         assert split.ids == list(merged["ids"])
         np.testing.assert_array_equal(np.concatenate([split.dna, split.protein], 1), merged["data"].numpy())
         frames = frames_of(LEGACY / f"{name}.fa", 500)
-        paired = list(attach_legacy(iter(frames), str(tmp_path / name), (768, 2560), pytest_fail))
+        paired = attach_original(frames, str(tmp_path / name), pytest_fail)
         assert [f.id for f, _ in paired] == split.ids
-        assert all(known is not None for _, known in paired)
+        assert all(known for _, known in paired)
 
 
 def pytest_fail(message: str) -> None:
@@ -138,7 +148,7 @@ def golden_copy(tmp_path: Path, name: str = "test_with_orfs") -> str:
 
 def attach_collecting(frames, prefix: str) -> tuple[list, list[str]]:
     warnings: list[str] = []
-    paired = list(attach_legacy(iter(frames), prefix, (768, 2560), warnings.append))
+    paired = attach_original(frames, prefix, warnings.append)
     return paired, warnings
 
 
@@ -154,7 +164,7 @@ def test_same_ids_over_changed_sequences_are_not_reused(tmp_path):
     frames[1] = changed(frames[1])
     paired, warnings = attach_collecting(frames, prefix)
     assert [f.id for f, _ in paired] == [f.id for f in frames]
-    assert all(known is None for _, known in paired)
+    assert not any(known for _, known in paired)
     assert len(warnings) == 1
     assert "output_1_DNABERT_S.pt" in warnings[0] and "output_1.fa" in warnings[0]
     assert f"frame {frames[1].id} " in warnings[0]
@@ -166,10 +176,10 @@ def test_identified_fasta_vouches_when_the_split_fasta_is_missing(tmp_path):
     shutil.copy(LEGACY / "test_with_orfs_identified_nucleotide.fa", f"{prefix}_identified_nucleotide.fa")
     frames = frames_of(LEGACY / "test_with_orfs.fa", 500)
     paired, warnings = attach_collecting(frames, prefix)
-    assert warnings == [] and all(known is not None for _, known in paired)
+    assert warnings == [] and all(known for _, known in paired)
     frames[-1] = changed(frames[-1])
     paired, warnings = attach_collecting(frames, prefix)
-    assert all(known is None for _, known in paired)
+    assert not any(known for _, known in paired)
     assert len(warnings) == 1 and "_identified_nucleotide.fa" in warnings[0]
     assert f"frame {frames[-1].id} " in warnings[0]
 
@@ -178,7 +188,7 @@ def test_no_record_of_the_sequences_means_no_reuse(tmp_path):
     prefix = golden_copy(tmp_path)
     Path(f"{prefix}_nucleotide/output_1.fa").unlink()
     paired, warnings = attach_collecting(frames_of(LEGACY / "test_with_orfs.fa", 500), prefix)
-    assert all(known is None for _, known in paired)
+    assert not any(known for _, known in paired)
     assert len(warnings) == 1 and "may be stale" in warnings[0] and "output_1_DNABERT_S.pt" in warnings[0]
 
 
@@ -203,15 +213,15 @@ def test_identified_fasta_serves_every_split_in_turn(tmp_path, capsys):
         assert (tmp_path / "b" / "reads_merged" / name).read_bytes() == (first / name).read_bytes()
 
 
-def test_fingerprint_records_the_legacy_files(tmp_path):
+def test_fingerprint_records_the_original_runs_files(tmp_path):
     config = RunConfig(input=tmp_path / "reads.fa")
     plain = config.fingerprint({"m": "1"}, "input", "float32")
     assert config.fingerprint({"m": "1"}, "input", "float32", None) == plain
     prefix = golden_copy(tmp_path)
-    assert legacy_identity(str(tmp_path / "nothing")) is None
-    files = legacy_identity(prefix)
+    assert original_identity(OriginalRunFiles(str(tmp_path / "nothing"))) is None
+    files = original_identity(OriginalRunFiles(prefix))
     assert files and any("output_1.fa" in f for f in files) and any("output_1_ESM.pt" in f for f in files)
     with_legacy = config.fingerprint({"m": "1"}, "input", "float32", files)
     assert with_legacy != plain
     Path(f"{prefix}_nucleotide/output_1.fa").write_text(">x\nACGT\n")
-    assert config.fingerprint({"m": "1"}, "input", "float32", legacy_identity(prefix)) != with_legacy
+    assert config.fingerprint({"m": "1"}, "input", "float32", original_identity(OriginalRunFiles(prefix))) != with_legacy

@@ -1,8 +1,8 @@
 """`virnucpro models download`: fetch the real models into the caches the loaders read.
 
 Needs internet access (compute nodes often have none: run it once on a login node; the
-caches are plain folders you can copy). Every file lands under a temporary name first and is
-renamed only once complete, and the classifier is checked by the safe loader before it is
+caches are plain folders you can copy). Every file lands under a temporary name first
+(layout.open_temp) and is renamed only once complete, and the classifier is checked by the safe loader before it is
 kept, so an interrupted download never leaves a file that looks valid.
 """
 
@@ -14,30 +14,35 @@ from pathlib import Path
 
 import torch
 
+from virnucpro.config import CHUNK_LENGTHS, MODEL_CHOICES
 from virnucpro.errors import ModelError
+from virnucpro.layout import open_temp, remove_quietly
 from virnucpro.models.classifier_loader import default_classifier_path, load_classifier
 from virnucpro.models.dnabert_s_loader import DNABERT_S_REPO
 from virnucpro.models.esm2_loader import default_esm2_path
 
 ESM2_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/esm2_t36_3B_UR50D.pt"
 CLASSIFIER_URL = "https://github.com/Li-Jing-1997/VirNucPro/raw/main/{chunk_len}_model.pth"
-MODEL_CHOICES = ("esm", "dnabert", "classifier")
 
 
 def _download_url(url: str, dest: Path, validate: Callable[[Path], object] | None = None) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
+    partial: Path | None = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial, handle = open_temp(dest.parent, dest.name, text=False)
+        handle.close()
         torch.hub.download_url_to_file(url, str(partial), progress=True)
         if validate is not None:
             validate(partial)
         os.replace(partial, dest)
+        partial = None
     except ModelError:
-        partial.unlink(missing_ok=True)
         raise
     except Exception as exc:  # network errors come in many types; all mean the same here
-        partial.unlink(missing_ok=True)
         raise ModelError(f"download of {url} failed: {exc}") from None
+    finally:
+        if partial is not None:
+            remove_quietly(partial)
 
 
 def download_esm2(log: Callable[[str], None]) -> Path:
@@ -65,7 +70,7 @@ def download_dnabert_s(log: Callable[[str], None]) -> Path:
 
 def download_classifiers(log: Callable[[str], None]) -> list[Path]:
     paths = []
-    for chunk_len in (300, 500):
+    for chunk_len in CHUNK_LENGTHS:
         dest = default_classifier_path(chunk_len)
         if dest.is_file():
             log(f"classifier {chunk_len} already present: {dest}")

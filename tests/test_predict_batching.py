@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from virnucpro.engine.batching import budget_batches, one_by_one, reference_batches
+from virnucpro.predict.batching import budget_batches, one_by_one, reference_batches
 from virnucpro.engine.sharding import plan_shards
 
 
@@ -63,7 +63,7 @@ def test_plan_shards_empty():
 
 
 def test_packed_batches_budget_counts_real_tokens():
-    from virnucpro.engine.batching import packed_batches
+    from virnucpro.predict.batching import packed_batches
 
     rng = np.random.default_rng(1)
     lengths = rng.integers(30, 170, size=2000)

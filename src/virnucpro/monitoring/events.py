@@ -1,4 +1,4 @@
-"""Run events and the logging they end in.
+"""Run events: the bus every part of a run reports through.
 
 The pipeline and engine only `emit` events; what the user sees is decided by subscribers
 (here the log; progress, GPU sampling, stall detection and the run report live in
@@ -11,13 +11,11 @@ stage_done, info, warning, run_finished; monitoring adds tick and gpu_sample.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("virnucpro")
@@ -72,42 +70,17 @@ def log_subscriber(event: Event) -> None:
         log.info(event.data["message"])
     elif event.kind == "warning":
         log.warning(event.data["message"])
+    elif event.kind == "device_ready":
+        d = event.data
+        if d["startup_s"]:
+            log.info(f"{d['device']}{' (restarted)' if d['restarts'] else ''} {describe_startup(d['startup_s'])}")
     elif event.kind == "shard_done":
         d = event.data
         log.debug("shard %d: %d frames in %.2f s on %s%s", d["index"], d["frames"], d["seconds"],
                   d["device"], " (from checkpoint)" if d.get("resumed") else "")
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time: while the rich progress bar is live it
-    redirects sys.stderr, so log lines print above the bar instead of through it."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def configure_logging(quiet: bool, verbose: bool = False, log_file: Path | None = None) -> None:
-    """Console: warnings only when quiet. The --log-file gets everything from INFO (DEBUG
-    with -v) with timestamps, whatever --quiet says: it is the record of a batch job."""
-    console = _StderrHandler()
-    console.setFormatter(logging.Formatter("virnucpro: %(message)s"))
-    console.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
-    handlers: list[logging.Handler] = [console]
-    if log_file is not None:
-        to_file = logging.FileHandler(log_file, encoding="utf-8")
-        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        to_file.setLevel(logging.DEBUG if verbose else logging.INFO)
-        handlers.append(to_file)
-    for old in log.handlers:
-        old.close()
-    log.handlers[:] = handlers
-    log.setLevel(min(h.level for h in handlers))
-    log.propagate = False
+def describe_startup(phases: dict) -> str:
+    """A device's start-up phases (seconds, as workers report them) in one line."""
+    parts = ", ".join(f"{name} {sec:.1f} s" for name, sec in phases.items() if name != "total")
+    return f"ready after {phases.get('total', 0.0):.1f} s ({parts})"

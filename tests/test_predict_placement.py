@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from virnucpro.models import demo
-from virnucpro.models.placement import esm_on_device
+from virnucpro.predict.placement import esm_on_device
 
 CPU = torch.device("cpu")
 
@@ -53,7 +53,7 @@ def test_an_error_while_copying_reaches_the_caller(stored_fp16):
 def test_a_failed_copy_is_reported_not_the_threads_error(stored_fp16, monkeypatch):
     """When the copy itself fails (e.g. out of memory), that is the error the caller sees,
     even if the thread beside it failed too (it would, on half-copied weights)."""
-    from virnucpro.models import placement
+    from virnucpro.predict import placement
 
     def failing_copy(source, target, device):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")

@@ -1,5 +1,5 @@
-"""Put a loaded ESM-2 on its compute device, optionally running something on the device copy
-while its weights are still being copied in.
+"""Put a run's models on their compute device: the predictor, ready, with ESM-2 compiled and
+warmed up beside the copy of its weights.
 
 The weights are copied tensor by tensor in their stored dtype (fp16 for the released 3B: half
 the bytes of fp32 over the bus) and cast on the device, not on the host's cores, which several
@@ -18,13 +18,57 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from virnucpro.background import in_background
+from virnucpro.engine.background import in_background
+from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.esm2 import ESM2
+from virnucpro.predict.budget import MIN_GPU_BATCH_TOKENS, batch_tokens_for
+from virnucpro.predict.compile import compile_packed_layers, warm_up_frames
+from virnucpro.predict.precision import Precision
+from virnucpro.predict.predictor import FramePredictor
 
 log = logging.getLogger("virnucpro")
+
+
+@dataclass(frozen=True)
+class Placement:
+    predictor: FramePredictor
+    copy_seconds: float  # ESM-2's weights to the device
+    compile_seconds: float | None  # compiling and the warm-up shard, beside the copy; None: not compiled
+
+
+def place_predictor(bundle: ModelBundle, device: torch.device, precision: Precision, *,
+                    batch_tokens: int | None = None, compile: bool = False) -> Placement:
+    """The bundle's models on `device`, as a ready FramePredictor whose batch budget is sized
+    from the memory left once they are resident (unless `batch_tokens` pins it).
+
+    With `compile` (on the packed path only), ESM-2's layers are compiled on the empty device
+    copy while its weights stream in, and a small warm-up shard runs through a predictor of
+    its own, so every kernel exists before the first real shard: start-up pays for the slower
+    of the two instead of both."""
+    # DNABERT-S keeps fp32 weights under autocast; the classifier is tiny, and fp32 keeps its
+    # scores comparable to the original's.
+    dnabert = bundle.dnabert.to(device=device, dtype=precision.dnabert_dtype).eval()
+    classifier = bundle.classifier.to(device=device, dtype=torch.float32).eval()
+
+    def ready(esm: ESM2, tokens: int) -> FramePredictor:
+        return FramePredictor(bundle.tokenizer, dnabert, esm, classifier, device, precision, tokens)
+
+    compile_seconds: list[float] = []
+
+    def compile_and_warm_up(esm: ESM2) -> None:
+        t0 = time.perf_counter()
+        compile_packed_layers(esm)
+        ready(esm, batch_tokens or MIN_GPU_BATCH_TOKENS).predict(warm_up_frames())
+        compile_seconds.append(time.perf_counter() - t0)
+
+    beside = compile_and_warm_up if compile and precision.packed else None
+    esm, copy_seconds = esm_on_device(bundle.esm, device, precision.esm_dtype, while_copying=beside)
+    predictor = ready(esm, batch_tokens or batch_tokens_for(device, esm.embed_dim))
+    return Placement(predictor, copy_seconds, compile_seconds[0] if compile_seconds else None)
 
 
 def esm_on_device(esm: ESM2, device: torch.device, dtype: torch.dtype, *,

@@ -1,0 +1,273 @@
+"""Every file and folder a run reads or writes, named once, and the one way they are written.
+
+- Names: the result folder's files, the checkpoint store and lock, the original VirNucPro's
+  intermediate files (written with --keep-intermediate, read when reusing its embeddings), and
+  the id grammar of chunks and frames (`{record}_chunk_{i}` + F|R + 1..3) the result files use.
+- Writing: every file is first written under a temporary name in its final folder,
+  `.{name}.{pid}.r{random}.tmp`, created exclusively (never through a link someone planted,
+  never a name another process could guess), then renamed into place, so a crash leaves the
+  old file or the new one, never half of one. `remove_stale_temporaries` knows that one
+  scheme: it removes the temporaries of processes that are gone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from virnucpro.errors import OutputError
+
+# --------------------------------------------------------------------------- the result folder
+
+RESULTS_NAME = "prediction_results.txt"  # one row per kept frame (the original's)
+HIGHEST_NAME = "prediction_results_highestscore.csv"  # one row per chunk (the original's)
+SUMMARY_NAME = "run_summary.json"
+REPORT_NAME = "report.html"
+PLOT_NAME = "plot.html"  # `virnucpro plot`'s default
+METRICS_NAME = "gpu_metrics.jsonl"
+EMBEDDINGS_DIRNAME = "embeddings"  # --save-embeddings
+STORE_DIRNAME = ".virnucpro_store"  # checkpoint store, removed after a successful run
+LOCK_NAME = ".virnucpro.lock"  # held while a run writes to the folder
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run on `input` with chunk length `chunk_len`."""
+
+    input: Path
+    chunk_len: int
+    out_dir: Path | None = None  # None: the original's `{prefix}_merged/`
+
+    @property
+    def prefix(self) -> str:
+        """The original's output prefix: the input path up to its FIRST '.fa'."""
+        return str(self.input).split(".fa")[0]
+
+    @property
+    def result_dir(self) -> Path:
+        return self.out_dir if self.out_dir is not None else Path(f"{self.prefix}_merged")
+
+    @property
+    def store(self) -> Path:
+        return self.result_dir / STORE_DIRNAME
+
+    @property
+    def lock(self) -> Path:
+        return self.result_dir / LOCK_NAME
+
+    def result(self, name: str) -> Path:
+        return self.result_dir / name
+
+    def intermediates(self) -> tuple[Path, Path, Path]:
+        """--keep-intermediate: the original's chunk FASTA and its kept frames (nucleotide,
+        protein), beside its outputs or inside OUTDIR when one is given."""
+        return (self._beside(f"_chunked{self.chunk_len}.fa"),
+                self._beside("_identified_nucleotide.fa"),
+                self._beside("_identified_protein.faa"))
+
+    def _beside(self, suffix: str) -> Path:
+        if self.out_dir is None:
+            return Path(f"{self.prefix}{suffix}")
+        return self.out_dir / f"{Path(self.prefix).name}{suffix}"
+
+    @property
+    def original_run(self) -> "OriginalRunFiles":
+        return OriginalRunFiles(self.prefix)
+
+
+@dataclass(frozen=True)
+class OriginalRunFiles:
+    """The original VirNucPro's intermediate files for one input prefix (SPEC.md section 5):
+    per split k of 10,000 frames, its embeddings and the split's frames."""
+
+    prefix: str
+
+    def merged(self, k: int) -> Path:
+        return Path(f"{self.prefix}_merged/output_{k}_merged.pt")
+
+    def dnabert(self, k: int) -> Path:
+        return Path(f"{self.prefix}_nucleotide/output_{k}_DNABERT_S.pt")
+
+    def esm(self, k: int) -> Path:
+        return Path(f"{self.prefix}_protein/output_{k}_ESM.pt")
+
+    def split_fasta(self, k: int) -> Path:
+        """One-line FASTA of split k's frames (their nucleotide sequences)."""
+        return Path(f"{self.prefix}_nucleotide/output_{k}.fa")
+
+    @property
+    def identified_fasta(self) -> Path:
+        """One-line FASTA of all kept frames, before splitting."""
+        return Path(f"{self.prefix}_identified_nucleotide.fa")
+
+    def embeddings(self, k: int) -> tuple[Path, Path, Path]:
+        return self.merged(k), self.dnabert(k), self.esm(k)
+
+    def exists(self) -> bool:
+        return any(p.is_file() for p in self.embeddings(1))
+
+
+# --------------------------------------------------------------------------- ids
+
+def chunk_name(record_id: str, number: int) -> str:
+    """Chunk `number` (from 1) of a record: `{record}_chunk_{number}`."""
+    return f"{record_id}_chunk_{number}"
+
+
+def chunk_of(frame_id: str) -> str:
+    """The chunk a frame belongs to: its id without the frame suffix (F1..R3)."""
+    return frame_id[:-2]
+
+
+def record_and_chunk(frame_id: str) -> tuple[str, int] | None:
+    """'read7_chunk_12R2' -> ('read7', 12); None for ids not in the chunk form."""
+    record, sep, rest = chunk_of(frame_id).rpartition("_chunk_")
+    return (record, int(rest)) if sep and rest.isdigit() else None
+
+
+# --------------------------------------------------------------------------- writing
+
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_name(name: str) -> str:
+    # The pid is the name's only all-digit part (the random part starts with 'r'), so the
+    # clean-up can tell a live run's temporaries from a killed one's.
+    return f".{name}.{os.getpid()}.r{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+
+
+def open_temp(folder: Path, name: str, *, text: bool = True) -> tuple[Path, IO]:
+    """A new, empty temporary for final file `name` in `folder`, open for writing. Created
+    with O_EXCL | O_NOFOLLOW, so it is never an existing file or a planted link; the umask
+    applies (unlike mkstemp's 0600), so the renamed file gets the usual permissions."""
+    path = Path(folder) / _temp_name(name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o666)
+    try:
+        handle = os.fdopen(fd, "w", encoding="utf-8", newline="\n") if text else os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return path, handle
+
+
+def new_temp_folder(folder: Path, name: str) -> Path:
+    """A new, empty temporary folder for final folder `name` in `folder` (mkdir never
+    follows or reuses an existing entry)."""
+    path = Path(folder) / _temp_name(name)
+    path.mkdir()
+    return path
+
+
+def fsync_folder(path: Path) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: Path, *, text: bool = True, fsync: bool = True,
+                 what: str | None = None) -> Iterator[IO]:
+    """Write `path` through a temporary beside it, renamed into place when the block ends
+    without an exception (fsync'd first when `fsync`). On any failure the temporary is
+    removed and an earlier `path` stays as it was; an OSError becomes an OutputError naming
+    `what` (default: the path)."""
+    path = Path(path)
+    tmp: Path | None = None
+    try:
+        tmp, handle = open_temp(path.parent, path.name, text=text)
+        with handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        if fsync:
+            fsync_folder(path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what or path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            with suppress(OSError):  # a failing clean-up must not hide the first error
+                tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, what: str | None = None) -> None:
+    with atomic_write(path, text=False, what=what) as handle:
+        handle.write(data)
+
+
+def write_text_atomic(path: Path, text: str, *, what: str | None = None, fsync: bool = True) -> None:
+    with atomic_write(path, fsync=fsync, what=what) as handle:
+        handle.write(text)
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Put finished temporary folder `tmp` in the place of `final` (whatever is there: an
+    earlier folder, a file, a link)."""
+    if final.is_symlink() or final.is_file():
+        final.unlink()
+    elif final.is_dir():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def prepare_result_dir(path: Path) -> bool:
+    """Create the output folder and check it takes files; True when we created it (so a
+    failed run may remove it again)."""
+    existed = path.is_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe, handle = open_temp(path, "write-test")
+        handle.close()
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+    return not existed
+
+
+def remove_created_folder(path: Path, created: bool) -> None:
+    """Remove the output folder a failed run created, if nothing is in it."""
+    with suppress(OSError):
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a file or folder if it is there; errors are ignored (used while cleaning up
+    after another error, which must stay the one reported)."""
+    with suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporaries (files or folders) that killed processes left in `folder`;
+    those of live processes stay."""
+    for path in Path(folder).glob(f".*{_TEMP_SUFFIX}"):
+        pid = next((int(p) for p in path.name.split(".") if p.isdigit()), None)
+        if pid is not None and not _process_alive(pid):
+            remove_quietly(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
