@@ -158,6 +158,17 @@ def open_temp(folder: Path, name: str, *, text: bool = True) -> tuple[Path, IO]:
     return path, handle
 
 
+def open_new(path: Path) -> IO[str]:
+    """`path` open for writing as a new file, for files written as they grow (a log that is
+    useful while a run goes on): whatever is there is removed first (a link, not what it points
+    to), then the file is created exclusively, never through a link."""
+    path = Path(path)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    return os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+
 def new_temp_folder(folder: Path, name: str) -> Path:
     """A new, empty temporary folder for final folder `name` in `folder` (mkdir never
     follows or reuses an existing entry)."""

@@ -12,9 +12,8 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,16 +29,14 @@ from virnucpro.layout import (RunLayout, prepare_result_dir, remove_created_fold
 from virnucpro.monitoring.events import Monitor
 from virnucpro.predict.precision import check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
-from virnucpro.stages.chunk import iter_chunks
 from virnucpro.stages.embeddings import write_embeddings
-from virnucpro.stages.read import ReadPosition, check_input_opens, check_unique_ids, read_records
+from virnucpro.stages.read import check_input_opens, check_unique_ids
 from virnucpro.stages.reuse_original import OriginalRun, original_identity
-from virnucpro.stages.translate import select_frames
+from virnucpro.stages.stream import stream_frames
 from virnucpro.stages.types import Frame
 from virnucpro.stages.write import IntermediateFiles, ResultWriter
 from virnucpro.store import RunLock, ShardStore
 
-CHUNKS_PER_TRANSLATION_BLOCK = 8_192  # vectorised translation works on blocks of chunks
 TaskFactory = Callable[[RunConfig, torch.device], Task]
 
 
@@ -100,12 +97,8 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
         if info.demo_models:
             monitor.warn(f"DEMO MODE: random stand-in models for {', '.join(info.demo_models)}; "
                          "predictions are NOT biologically meaningful")
+        events.store = store = _open_store(config, layout, info, restart)
         original = OriginalRun(layout.original_run, info.feature_dims, monitor.warn)
-        # The original run's files, when reused, are part of what the results depend on.
-        fingerprint = config.fingerprint(info.identity, file_identity(config.input), info.dtype,
-                                         original_identity(layout.original_run))
-        events.store = store = ShardStore(layout.store, fingerprint, restart=restart)
-        remove_stale_temporaries(layout.result_dir)
         monitor.info(f"predicting on {', '.join(str(d) for d in devices)} in {info.dtype}"
                      + (" (reference path)" if config.reference else ""))
         monitor.emit("run_started", input=str(config.input), result_dir=str(layout.result_dir),
@@ -121,15 +114,33 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
         if late := engine.loading():
             monitor.info(f"{', '.join(late)} still loading when the work ran out; "
                          "the other device(s) did it all")
+    _finish(config, layout, monitor, store, original, done)
+    return done
+
+
+def _open_store(config: RunConfig, layout: RunLayout, info: DeviceInfo, restart: bool) -> ShardStore:
+    """The checkpoint store of this input, parameters and models (refused if it holds
+    another run's shards, unless restarting)."""
+    # The original run's files, when reused, are part of what the results depend on.
+    fingerprint = config.fingerprint(info.identity, file_identity(config.input), info.dtype,
+                                     original_identity(layout.original_run))
+    store = ShardStore(layout.store, fingerprint, restart=restart)
+    remove_stale_temporaries(layout.result_dir)
+    return store
+
+
+def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, store: ShardStore,
+            original: OriginalRun, done: _Done) -> None:
+    """With the result tables in place: say what is worth knowing, export the embeddings if
+    asked, and drop the checkpoints."""
     if done.frames == 0:
         monitor.warn(f"{config.input}: no chunk has a stop-free reading frame; the result files hold headers only")
     if original.reused:
         monitor.info(f"reused the embeddings of {original.reused:,} frames from the original VirNucPro's files")
     if config.save_embeddings:
-        folder = write_embeddings(layout.result_dir, store, done.shards, done.frames, info.feature_dims)
+        folder = write_embeddings(layout.result_dir, store, done.shards, done.frames, done.info.feature_dims)
         monitor.info(f"embeddings written to {folder}/")
     store.discard()
-    return done
 
 
 def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Engine, store: ShardStore,
@@ -137,7 +148,11 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
     """Frames -> shards -> engine -> result tables, in input order."""
     intermediates = layout.intermediates() if config.keep_intermediate else None
     with IntermediateFiles(intermediates) as files, ResultWriter(layout.result_dir) as writer:
-        frames = iter_frames(config, monitor, files)
+        frames = stream_frames(
+            config.input, config.chunk_len, files,
+            on_empty=lambda record: monitor.warn(f"{config.input}: record {record!r} is empty and was skipped"),
+            on_progress=lambda read, total, frames, seconds: monitor.emit(
+                "input_progress", bytes_read=read, bytes_total=total, frames=frames, seconds=seconds))
         if layout.original_run.exists():
             monitor.info(f"found the original VirNucPro's files for {layout.prefix}: reusing their embeddings")
             frames = original.frames(frames)
@@ -148,28 +163,6 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
             done.frames += len(result.ids)
             done.shards += 1
     return done
-
-
-def iter_frames(config: RunConfig, monitor: Monitor, files: IntermediateFiles) -> Iterator[Frame]:
-    """Stream the input's kept frames in input order, writing intermediates on the way."""
-    def skipped(record_id: str) -> None:
-        monitor.warn(f"{config.input}: record {record_id!r} is empty and was skipped")
-
-    position = ReadPosition(config.input)
-    chunks = iter_chunks(read_records(config.input, position), config.chunk_len, on_empty=skipped)
-    frames_read, cpu_seconds, t0 = 0, 0.0, time.perf_counter()
-    while block := list(itertools.islice(chunks, CHUNKS_PER_TRANSLATION_BLOCK)):
-        files.add_chunks(block)
-        frames = select_frames(block)
-        files.add_frames(frames)
-        frames_read += len(frames)
-        cpu_seconds += time.perf_counter() - t0
-        # Bytes consumed give progress a fraction and an ETA; counting the frames ahead would
-        # cost as much as these stages (the duplicate-id check before reads headers only).
-        monitor.emit("input_progress", bytes_read=position.bytes_read(), bytes_total=position.total,
-                     frames=frames_read, seconds=cpu_seconds)
-        yield from frames
-        t0 = time.perf_counter()
 
 
 def _job(shard: Shard[Frame], store: ShardStore, need_embeddings: bool, original: OriginalRun,

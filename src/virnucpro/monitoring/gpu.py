@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from virnucpro.layout import METRICS_NAME
+from virnucpro.layout import METRICS_NAME, open_new
 from virnucpro.monitoring.events import Event, Monitor
 
 log = logging.getLogger("virnucpro")
@@ -158,7 +158,7 @@ class GpuMetricsFile:
             self._path = Path(event.data["result_dir"]) / METRICS_NAME
         elif event.kind == "gpu_sample" and self._path is not None and not self._closed:
             if self._handle is None:
-                self._handle = open(self._path, "w", encoding="utf-8")
+                self._handle = open_new(self._path)
             for s in event.data["samples"]:
                 row = {"time": round(event.time, 3), "elapsed": round(event.data["elapsed"], 3), **asdict(s)}
                 self._handle.write(json.dumps(row) + "\n")
