@@ -9,7 +9,7 @@ spawned process (several devices) or in a thread of the parent (one device).
 
 A worker process defers Python's full garbage collections while its first job runs (where
 compilation allocates about a million objects), then freezes its heap, so later collections
-never scan the loaded models (why: benchmarks/RESULTS.md, "garbage collection in workers").
+never scan the loaded models (why: benchmarks/RESULTS.md, "Garbage collection in workers").
 A worker thread in the caller's process leaves the collector alone: those settings are
 process-wide, and the caller (a notebook, a test) would be left with a frozen heap.
 

@@ -4,7 +4,7 @@ before real work arrives.
 Compiled in Inductor's deterministic mode: otherwise each worker process times candidate
 reduction kernels (LayerNorm's block size and warps) on its own GPU and keeps the fastest,
 and those candidates sum in different orders, so results would depend on the device count
-(benchmarks/RESULTS.md, "Four GPUs").
+(benchmarks/RESULTS.md, "Deterministic compilation").
 """
 
 from __future__ import annotations
