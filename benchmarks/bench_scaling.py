@@ -66,7 +66,8 @@ def full_size_task(config: RunConfig, device: torch.device) -> FrameTask:
     precision = Precision.resolve(config.precision, device, config.reference)
     predictor = place_predictor(bundle, device, precision, batch_tokens=config.batch_tokens,
                                 compile=config.compile).predictor
-    info = DeviceInfo({"esm": "random-3B", "dnabert": "random", "classifier": "random"}, (), precision.name,
+    # Random weights built here, so the identities a --demo run locates (config.demo is set).
+    info = DeviceInfo({"esm": "demo", "dnabert": "demo", "classifier": "demo"}, (), precision.name,
                       bundle.feature_dims(), predictor.batch_tokens)
     return FrameTask(predictor, False, info)
 
@@ -104,7 +105,7 @@ class RunClock:
 
 def one_run(sample: Path, devices: str, args, out: Path) -> dict:
     """One timed `pipeline.run`, in this process (a fresh one: see main)."""
-    config = RunConfig(input=sample, chunk_len=300, out_dir=out, devices=devices, demo=args.tiny,
+    config = RunConfig(input=sample, chunk_len=300, out_dir=out, devices=devices, demo=True,
                        shard_tokens=args.shard_tokens)
     gpus = [int(d.split(":")[1]) for d in devices.split(",") if d.startswith("cuda:")]
     samplers = [bench_engine.BusySampler(i) for i in gpus]

@@ -67,27 +67,32 @@ class RunConfig:
     def result_dir(self) -> Path:
         return self.layout.result_dir
 
-    def fingerprint(self, model_identity: dict[str, str], input_identity: str, dtype: str,
-                    original_files: list[str] | None = None) -> str:
-        """Hash of everything that determines the results: resuming needs an exact match.
+    def fingerprint_parameters(self, model_identity: dict[str, str], input_identity: str, dtype: str,
+                               original_files: list[str] | None = None) -> dict:
+        """Everything that can change a byte of the results: resuming needs an exact match.
 
         `original_files`: identities of the original VirNucPro's files whose embeddings the run
         may reuse (stages.reuse_original.original_identity), so that a resumed run never mixes
-        shards computed with other (or without) such files. None (no such files) leaves the
-        hash as it was.
+        shards computed with other (or without) such files; None when there are none.
         """
-        payload = {
+        parameters = {
             "input": input_identity,
             "chunk_len": self.chunk_len,
             "reference": self.reference,
             "dtype": dtype,  # the resolved precision: 'auto' differs between CPU and GPU
-            "shard_tokens": self.shard_tokens,
-            "models": model_identity,
+            "shard_tokens": self.shard_tokens,  # shard boundaries
+            "batch_tokens": self.batch_tokens,  # batch composition moves last digits (None: by device)
+            "compile": self.compile,  # fused kernels round differently
+            "models": dict(model_identity),
         }
         if original_files is not None:
-            payload["legacy_files"] = list(original_files)  # the key predates the name
-        blob = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+            parameters["legacy_files"] = list(original_files)  # the key predates the name
+        return parameters
+
+    def fingerprint(self, model_identity: dict[str, str], input_identity: str, dtype: str,
+                    original_files: list[str] | None = None) -> str:
+        """Hash of fingerprint_parameters."""
+        return fingerprint_of(self.fingerprint_parameters(model_identity, input_identity, dtype, original_files))
 
     def describe(self) -> dict:
         """JSON-able parameters for logs and run summaries."""
@@ -110,3 +115,54 @@ def file_identity(path: Path) -> str:
 def folder_identity(folder: Path) -> str:
     parts = [file_identity(p) for p in sorted(folder.iterdir()) if p.is_file()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def fingerprint_of(parameters: dict) -> str:
+    return hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()
+
+
+# fingerprint parameter -> how the user sets it
+_SET_BY = {"chunk_len": "-m/--chunk-len", "reference": "--reference", "dtype": "--precision (as resolved)",
+           "shard_tokens": "--shard-tokens", "batch_tokens": "--batch-tokens", "compile": "--no-compile",
+           "rna_as_dna": "--rna-as-dna"}
+_MODEL_NAMES = {"esm": "the ESM-2 model", "dnabert": "the DNABERT-S model", "classifier": "the classifier"}
+
+
+def describe_changes(stored: dict, now: dict) -> list[str]:
+    """What differs between two runs' fingerprint parameters, in the user's words."""
+    changes = []
+    for key in sorted(set(stored) | set(now)):
+        before, after = stored.get(key), now.get(key)
+        if before == after:
+            continue
+        if key == "input":
+            changes.append(f"the input file changed ({_identity_detail(before)} then, {_identity_detail(after)} now)")
+        elif key == "models":
+            for name in sorted(set(before or {}) | set(after or {})):
+                if (before or {}).get(name) != (after or {}).get(name):
+                    changes.append(f"{_MODEL_NAMES.get(name, name)}: {_identity_detail((before or {}).get(name))} "
+                                   f"then, {_identity_detail((after or {}).get(name))} now")
+        elif key == "legacy_files":
+            changes.append("the original VirNucPro's files beside the input changed")
+        else:
+            changes.append(f"{_SET_BY.get(key, key)}: {_shown(before)} then, {_shown(after)} now")
+    return changes
+
+
+def _shown(value) -> str:
+    return "auto" if value is None else json.dumps(value)
+
+
+def _identity_detail(identity: str | None) -> str:
+    """A file identity (path|sha256:... or path|size:..|mtime_ns:..) as a person reads it."""
+    if identity is None:
+        return "none"
+    if identity == "demo":
+        return "demo stand-in"
+    path, _, rest = identity.partition("|")
+    if not rest:
+        return f"folder hash {identity[:12]}"
+    facts = dict(part.split(":", 1) for part in rest.split("|"))
+    if "sha256" in facts:
+        return f"{path}, content {facts['sha256'][:12]}"
+    return f"{path}, {facts.get('size')} bytes, modified {facts.get('mtime_ns')} ns"

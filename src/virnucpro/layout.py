@@ -265,12 +265,13 @@ def remove_quietly(path: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
+def remove_stale_temporaries(folder: Path, *, all_of_them: bool = False) -> None:
     """Remove the temporaries (files or folders) that killed processes left in `folder`;
-    those of live processes stay."""
+    those of live processes stay, unless `all_of_them` (a folder only the caller writes to,
+    such as the checkpoint store under the run's lock)."""
     for path in Path(folder).glob(f".*{_TEMP_SUFFIX}"):
         pid = next((int(p) for p in path.name.split(".") if p.isdigit()), None)
-        if pid is not None and not _process_alive(pid):
+        if all_of_them or (pid is not None and not _process_alive(pid)):
             remove_quietly(path)
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -18,16 +19,17 @@ from dataclasses import dataclass
 
 import torch
 
-from virnucpro.config import RunConfig, file_identity
+from virnucpro.config import RunConfig, file_identity, fingerprint_of
 from virnucpro.engine.devices import resolve_devices
 from virnucpro.engine.scheduler import DeviceReady, Engine, EngineEvent, Job, JobDone, JobStarted
 from virnucpro.engine.sharding import Shard, plan_shards
 from virnucpro.engine.worker import Task
-from virnucpro.errors import InputError, WorkerFailed
+from virnucpro.errors import InputError, ModelError, WorkerFailed
 from virnucpro.layout import (RunLayout, prepare_result_dir, remove_created_folder, remove_quietly,
                               remove_stale_temporaries)
+from virnucpro.models.bundle import locate_models
 from virnucpro.monitoring.events import Monitor
-from virnucpro.predict.precision import check_one_device_kind
+from virnucpro.predict.precision import Precision, check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
 from virnucpro.stages.embeddings import write_embeddings
 from virnucpro.stages.read import check_input_opens, check_unique_ids
@@ -35,7 +37,7 @@ from virnucpro.stages.reuse_original import OriginalRun, original_identity
 from virnucpro.stages.stream import stream_frames
 from virnucpro.stages.types import Frame
 from virnucpro.stages.write import IntermediateFiles, ResultWriter
-from virnucpro.store import RunLock, ShardStore
+from virnucpro.store import RunLock, ShardStore, resumable
 
 TaskFactory = Callable[[RunConfig, torch.device], Task]
 
@@ -60,10 +62,20 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
         check_input_opens(config.input)
     devices = resolve_devices(config.devices)
     check_one_device_kind(devices, config.precision, config.reference)
+    # What the results will depend on, known before any model loads: a resume that cannot
+    # be is refused at once, naming what differs.
+    models = locate_models(config.models, config.chunk_len, config.demo).identity()
+    parameters = config.fingerprint_parameters(
+        models, file_identity(config.input), Precision.resolve(config.precision, devices[0], config.reference).name,
+        original_identity(layout.original_run))
     created = prepare_result_dir(layout.result_dir)  # before loading gigabytes of models
     try:
         with RunLock(layout.lock):
-            outcome = _run_locked(config, layout, monitor, restart, task_factory, devices)
+            stored = resumable(layout.store, parameters, restart=restart)
+            if stored and config.batch_tokens is None and stored.get("batch_tokens"):
+                # the batches of the stored shards, whatever this device would choose
+                config = dataclasses.replace(config, batch_tokens=stored["batch_tokens"])
+            outcome = _run_locked(config, layout, monitor, restart, task_factory, devices, parameters)
             seconds = time.perf_counter() - start
             monitor.emit("run_finished", frames=outcome.frames, seconds=seconds)  # summary, report
     except BaseException:
@@ -82,7 +94,7 @@ class _Done:
 
 
 def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart: bool,
-                task_factory: TaskFactory, devices: list[torch.device]) -> _Done:
+                task_factory: TaskFactory, devices: list[torch.device], parameters: dict) -> _Done:
     events = _EngineEvents(monitor)
     # Each device's worker loads the models itself, once; the parent never touches a GPU.
     with Engine(functools.partial(task_factory, config), devices, on_event=events, warn=monitor.warn) as engine:
@@ -97,7 +109,12 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
         if info.demo_models:
             monitor.warn(f"DEMO MODE: random stand-in models for {', '.join(info.demo_models)}; "
                          "predictions are NOT biologically meaningful")
-        events.store = store = _open_store(config, layout, info, restart)
+        if info.identity != parameters["models"]:
+            raise ModelError(f"a model file changed while it was being loaded ({info.identity} against "
+                             f"{parameters['models']}); run again")
+        events.store = store = ShardStore(layout.store, fingerprint_of(parameters), restart=restart,
+                                          parameters=parameters, facts={"batch_tokens": info.batch_tokens})
+        remove_stale_temporaries(layout.result_dir)
         original = OriginalRun(layout.original_run, info.feature_dims, monitor.warn)
         monitor.info(f"predicting on {', '.join(str(d) for d in devices)} in {info.dtype}"
                      + (" (reference path)" if config.reference else ""))
@@ -116,17 +133,6 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
                          "the other device(s) did it all")
     _finish(config, layout, monitor, store, original, done)
     return done
-
-
-def _open_store(config: RunConfig, layout: RunLayout, info: DeviceInfo, restart: bool) -> ShardStore:
-    """The checkpoint store of this input, parameters and models (refused if it holds
-    another run's shards, unless restarting)."""
-    # The original run's files, when reused, are part of what the results depend on.
-    fingerprint = config.fingerprint(info.identity, file_identity(config.input), info.dtype,
-                                     original_identity(layout.original_run))
-    store = ShardStore(layout.store, fingerprint, restart=restart)
-    remove_stale_temporaries(layout.result_dir)
-    return store
 
 
 def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, store: ShardStore,
@@ -157,7 +163,7 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
             monitor.info(f"found the original VirNucPro's files for {layout.prefix}: reusing their embeddings")
             frames = original.frames(frames)
         shards = plan_shards(frames, frame_cost, config.shard_tokens)
-        jobs = (_job(shard, store, config.save_embeddings, original, done) for shard in shards)
+        jobs = (_job(shard, store, config.save_embeddings, original, monitor, done) for shard in shards)
         for _, result in engine.run(jobs):
             writer.add(result.ids, result.score1, result.score2)
             done.frames += len(result.ids)
@@ -166,13 +172,15 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
 
 
 def _job(shard: Shard[Frame], store: ShardStore, need_embeddings: bool, original: OriginalRun,
-         done: _Done) -> Job:
+         monitor: Monitor, done: _Done) -> Job:
     frames = shard.items
     ids = [f.id for f in frames]
     label = f"shard {shard.index} (frames {ids[0]} .. {ids[-1]})"
     stored = store.load(shard.index, ids, need_embeddings=need_embeddings) if store.has(shard.index) else None
     if stored is not None:
         done.resumed += 1
+        monitor.emit("shard_done", index=shard.index, frames=len(frames), tokens=shard.cost, seconds=0.0,
+                     device=None, resumed=True)
         return Job(shard.index, shard.cost, None, label, size=len(frames), done=stored)
     work = ShardWork(shard.index, frames, original.known_for(frames))
     return Job(shard.index, shard.cost, work, label, size=len(frames))

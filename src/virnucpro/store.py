@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro import __version__
+from virnucpro.config import describe_changes, fingerprint_of
 from virnucpro.errors import CheckpointMismatch, OutputError
 from virnucpro.layout import atomic_write, remove_stale_temporaries, write_bytes_atomic
 
@@ -55,43 +56,58 @@ class ShardResult:
                              f"{self.score1.shape} and {self.score2.shape}")
 
 
+MANIFEST_NAME = "manifest.json"
+
+
+def resumable(root: Path, parameters: dict, *, restart: bool = False) -> dict | None:
+    """The manifest of the store at `root` when a run with these fingerprint parameters may
+    resume from it; None when there is none (or `restart`). A store of another run is refused,
+    naming what differs -- a check that needs no model loaded."""
+    manifest = Path(root) / MANIFEST_NAME
+    if restart or not manifest.exists():
+        return None
+    found = _read_manifest(manifest)
+    if found.get("fingerprint") != fingerprint_of(parameters):
+        changes = (describe_changes(found["parameters"], parameters) if "parameters" in found
+                   else ["it was written by an earlier virnucpro version"])
+        raise CheckpointMismatch(
+            f"{root} holds results of a different run ({'; '.join(changes) or 'other parameters'}); "
+            "rerun with --restart to discard them, or choose another output folder")
+    return found
+
+
 class ShardStore:
-    def __init__(self, root: Path, fingerprint: str, *, restart: bool = False) -> None:
+    def __init__(self, root: Path, fingerprint: str, *, restart: bool = False,
+                 parameters: dict | None = None, facts: dict | None = None) -> None:
+        """parameters: what the fingerprint hashes (kept to name what differs on a refused
+        resume); facts: more to record in a new store's manifest (e.g. the batch size the
+        first shards were computed with, for a resume to reuse)."""
         self.root = Path(root)
         self.fingerprint = fingerprint
+        self._recorded = {"parameters": parameters} if parameters is not None else {}
+        self._recorded.update(facts or {})
         try:
             self._open(restart)
         except OSError as exc:
             raise OutputError(f"cannot create the checkpoint store {self.root}: {exc.strerror}") from None
 
     def _open(self, restart: bool) -> None:
-        manifest = self.root / "manifest.json"
+        manifest = self.root / MANIFEST_NAME
         if manifest.exists() and not restart:
-            found = self._read_manifest(manifest)
+            found = _read_manifest(manifest)
             if found.get("fingerprint") != self.fingerprint:
                 raise CheckpointMismatch(
                     f"{self.root} holds results of a different run (other input, parameters or "
                     "models); rerun with --restart to discard them, or choose another output folder"
                 )
-            remove_stale_temporaries(self.root)  # a crash mid-write leaves these
+            remove_stale_temporaries(self.root, all_of_them=True)  # a crash mid-write leaves these
             return
         if self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
         payload = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
-                   "virnucpro": __version__}
+                   "virnucpro": __version__, **self._recorded}
         write_bytes_atomic(manifest, json.dumps(payload, indent=1).encode())
-
-    def _read_manifest(self, manifest: Path) -> dict:
-        try:
-            data = json.loads(manifest.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointMismatch(f"{manifest} is unreadable ({exc}); rerun with --restart") from None
-        if data.get("format_version") != FORMAT_VERSION:  # none older exists yet
-            raise CheckpointMismatch(
-                f"{manifest} has store format {data.get('format_version')!r}, this virnucpro writes "
-                f"{FORMAT_VERSION}; rerun with --restart")
-        return data
 
     def shard_path(self, index: int) -> Path:
         return self.root / f"shard_{index:06d}.npz"
@@ -136,6 +152,18 @@ class ShardStore:
     def discard(self) -> None:
         """Remove the store once the final result files are safely in place."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _read_manifest(manifest: Path) -> dict:
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointMismatch(f"{manifest} is unreadable ({exc}); rerun with --restart") from None
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:  # none older exists yet
+        version = data.get("format_version") if isinstance(data, dict) else None
+        raise CheckpointMismatch(
+            f"{manifest} has store format {version!r}, this virnucpro writes {FORMAT_VERSION}; rerun with --restart")
+    return data
 
 
 def _is_valid(result: ShardResult, expected_ids: list[str] | None, need_embeddings: bool) -> bool:

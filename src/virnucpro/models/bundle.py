@@ -81,9 +81,30 @@ def model_locations(chunk_len: int, paths: ModelPaths = ModelPaths()) -> list[Mo
     ]
 
 
-def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelBundle:
-    """Load every model on the CPU (ESM-2 in its stored dtype, the others in fp32); raise one
-    ModelError listing all that are missing."""
+@dataclass(frozen=True)
+class ModelSources:
+    """Where each model of a run comes from: a file or folder, or None for a demo stand-in."""
+
+    esm: Path | None
+    dnabert: Path | None
+    classifier: Path | None
+
+    def identity(self) -> dict[str, str]:
+        """name -> identity (path and content hash or size and time, or "demo"): the models'
+        part of a run's fingerprint, known without loading them."""
+        def of(path: Path | None, folder: bool = False) -> str:
+            return "demo" if path is None else folder_identity(path) if folder else file_identity(path)
+        return {"esm": of(self.esm), "dnabert": of(self.dnabert, folder=True), "classifier": of(self.classifier)}
+
+    @property
+    def demo_models(self) -> tuple[str, ...]:
+        names = (("ESM-2", self.esm), ("DNABERT-S", self.dnabert), ("classifier", self.classifier))
+        return tuple(name for name, path in names if path is None)
+
+
+def locate_models(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelSources:
+    """Where each model is (explicit path, else the cache; with --demo a model not named
+    explicitly is a stand-in); one ModelError lists every one that is missing."""
     missing = [
         loc for loc in model_locations(chunk_len, paths)
         if not loc.present and not (use_demo and _is_default(loc, paths))
@@ -91,42 +112,30 @@ def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelBundl
     if missing:
         lines = "; ".join(f"{m.name}: looked in {m.path}" for m in missing)
         raise ModelError(f"model(s) not found -- {lines}. To fix: {GET_MODELS_HINT}")
+    return ModelSources(
+        esm=None if paths.esm is None and use_demo else (paths.esm or default_esm2_path()),
+        dnabert=None if paths.dnabert is None and use_demo else find_dnabert_s_folder(paths.dnabert),
+        classifier=(None if paths.classifier is None and use_demo
+                    else (paths.classifier or default_classifier_path(chunk_len))),
+    )
 
-    identity: dict[str, str] = {}
-    demo_models: list[str] = []
 
-    if paths.esm is None and use_demo:
-        esm = demo.demo_esm()
-        identity["esm"] = "demo"
-        demo_models.append("ESM-2")
-    else:
-        path = paths.esm or default_esm2_path()
-        # In the file's own dtype (fp16 for the released 3B): memory-mapped, mostly uncopied,
-        # and (for fp16) half the bytes of fp32 to move to the device, where the worker casts
-        # it to the compute dtype. Widening is exact, so every precision sees the same values.
-        esm = load_esm2(path, dtype=None)
-        identity["esm"] = file_identity(path)
-
-    if paths.dnabert is None and use_demo:
+def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelBundle:
+    """Load every model on the CPU (ESM-2 in its stored dtype, the others in fp32); raise one
+    ModelError listing all that are missing."""
+    sources = locate_models(paths, chunk_len, use_demo)
+    # ESM-2 in the file's own dtype (fp16 for the released 3B): memory-mapped, mostly uncopied,
+    # and (for fp16) half the bytes of fp32 to move to the device, where the worker casts it
+    # to the compute dtype. Widening is exact, so every precision sees the same values.
+    esm = demo.demo_esm() if sources.esm is None else load_esm2(sources.esm, dtype=None)
+    if sources.dnabert is None:
         tokenizer = demo.demo_tokenizer()
         dnabert = demo.demo_dnabert(tokenizer.vocab_size)
-        identity["dnabert"] = "demo"
-        demo_models.append("DNABERT-S")
     else:
-        folder = find_dnabert_s_folder(paths.dnabert)
-        dnabert, tokenizer = load_dnabert_s(folder)
-        identity["dnabert"] = folder_identity(folder)
-
-    if paths.classifier is None and use_demo:
-        classifier = demo.demo_classifier(dnabert.hidden + esm.embed_dim)
-        identity["classifier"] = "demo"
-        demo_models.append("classifier")
-    else:
-        path = paths.classifier or default_classifier_path(chunk_len)
-        classifier = load_classifier(path)
-        identity["classifier"] = file_identity(path)
-
-    bundle = ModelBundle(esm, dnabert, tokenizer, classifier, identity, tuple(demo_models))
+        dnabert, tokenizer = load_dnabert_s(sources.dnabert)
+    classifier = (demo.demo_classifier(dnabert.hidden + esm.embed_dim) if sources.classifier is None
+                  else load_classifier(sources.classifier))
+    bundle = ModelBundle(esm, dnabert, tokenizer, classifier, sources.identity(), sources.demo_models)
     bundle.check_compatible()
     return bundle
 

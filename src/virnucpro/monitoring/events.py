@@ -76,8 +76,10 @@ def log_subscriber(event: Event) -> None:
             log.info(f"{d['device']}{' (restarted)' if d['restarts'] else ''} {describe_startup(d['startup_s'])}")
     elif event.kind == "shard_done":
         d = event.data
-        log.debug("shard %d: %d frames in %.2f s on %s%s", d["index"], d["frames"], d["seconds"],
-                  d["device"], " (from checkpoint)" if d.get("resumed") else "")
+        if d.get("resumed"):
+            log.debug("shard %d: %d frames from the checkpoint store", d["index"], d["frames"])
+        else:
+            log.debug("shard %d: %d frames in %.2f s on %s", d["index"], d["frames"], d["seconds"], d["device"])
 
 
 def describe_startup(phases: dict) -> str:

@@ -91,7 +91,10 @@ class RunRecorder:
         self._started: dict = {}
         self._start_time = 0.0
         self.stages: dict[str, float] = {}
-        self.frames = self.tokens = 0
+        self.frames = self.tokens = 0  # every shard of the result, resumed ones too
+        self.resumed_frames = self.resumed_shards = 0  # from an earlier run's checkpoints
+        self.batches_halved = 0  # after running out of device memory
+        self.shards_redone_in_fp32 = 0  # DNABERT-S overflowed fp16
         self.gpu = GpuTotals()
         self.summary: dict | None = None
         self._embedding_start = 0.0  # first shard started
@@ -113,9 +116,14 @@ class RunRecorder:
         elif event.kind == "shard_done":
             self.frames += d["frames"]
             self.tokens += d["tokens"]
-            self._embedding_end = event.time
-            if not d.get("resumed"):
+            if d.get("resumed"):
+                self.resumed_frames += d["frames"]
+                self.resumed_shards += 1
+            else:
+                self._embedding_end = event.time
                 self._first_done.setdefault(d["device"], event.time)
+                self.batches_halved += d.get("batches_halved", 0)
+                self.shards_redone_in_fp32 += bool(d.get("redone_in_fp32"))
         elif event.kind == "gpu_sample":
             self.gpu.add(event)
         elif event.kind == "device_ready":
@@ -151,6 +159,10 @@ class RunRecorder:
             "startup_seconds_per_device": self.startup,
             "frames": self.frames,
             "tokens": self.tokens,
+            "resumed_shards": self.resumed_shards,
+            "resumed_frames": self.resumed_frames,
+            "batches_halved_after_out_of_memory": self.batches_halved,
+            "shards_redone_in_fp32": self.shards_redone_in_fp32,
             "throughput_per_device": self._watch.summary(),
             "gpu": self.gpu.as_dict(self._embedding_window(), self._first_done),
             "warnings": list(self._monitor.warnings),
@@ -165,8 +177,10 @@ class RunRecorder:
 
 
 def human_summary(summary: dict) -> list[str]:
+    resumed = (f" ({summary['resumed_frames']:,} of them from {summary['resumed_shards']} checkpointed "
+               "shard(s) of an earlier run)" if summary.get("resumed_shards") else "")
     lines = [f"summary: {summary['frames']:,} frames, {summary['tokens']:,} tokens in "
-             f"{summary['wall_seconds']:.1f} s on {', '.join(summary['devices'])}"]
+             f"{summary['wall_seconds']:.1f} s on {', '.join(summary['devices'])}{resumed}"]
     stages = ", ".join(f"{name} {sec:.1f} s" for name, sec in summary["stage_seconds"].items())
     lines.append(f"summary: stages: {stages}")
     for device, t in summary["throughput_per_device"].items():

@@ -95,7 +95,7 @@ class WorkerWatch:
             s.running[d["index"]] = now
             if s.first_start is None:
                 s.first_start = now
-        elif event.kind == "shard_done":
+        elif event.kind == "shard_done" and d.get("device") is not None:  # None: from the checkpoint
             self._shard_done(self.stats(d["device"]), d, now)
         elif event.kind == "gpu_sample":
             for sample in d["samples"]:
