@@ -223,9 +223,9 @@ def test_id_check_runs_while_the_models_load(tmp_path, monkeypatch):
         assert checking.wait(10), "models loaded before the id check began"
         return real_factory(config, device)
 
-    def check(config):
+    def check(path):
         checking.set()
-        real_check(config)
+        return real_check(path)
 
     monkeypatch.setattr(pipeline, "check_unique_ids", check)
     sample = tmp_path / "s.fa"

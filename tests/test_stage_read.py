@@ -11,7 +11,7 @@ import pytest
 
 import virnucpro.stages.read as read_module
 from virnucpro.errors import InputError
-from virnucpro.stages.read import find_duplicate_ids, read_records
+from virnucpro.stages.read import MASK64, IdTally, find_duplicate_ids, read_records
 from virnucpro.stages.types import Record
 
 FASTA = ">r1 first read\nACGTacgt\nNNUU\n>r2\nGGG\n>empty desc\n>r3\tx\nTTTT\n"
@@ -215,15 +215,15 @@ def test_other_compression_named(tmp_path: Path) -> None:
 
 def test_find_duplicate_ids_fasta(tmp_path: Path) -> None:
     text = ">b one\nAC\n>a\nGG\n>b two\nTT\n>c\n>a x\nA\n>a\nC\n"
-    assert find_duplicate_ids(_write(tmp_path / "d.fa", text)) == ["a", "b"]
-    assert find_duplicate_ids(_write(tmp_path / "d.fa.gz", gzip.compress(text.encode()))) == ["a", "b"]
-    assert find_duplicate_ids(_write(tmp_path / "u.fa", FASTA)) == []
-    assert find_duplicate_ids(_write(tmp_path / "e.fa", "")) == []
+    assert find_duplicate_ids(_write(tmp_path / "d.fa", text))[0] == ["a", "b"]
+    assert find_duplicate_ids(_write(tmp_path / "d.fa.gz", gzip.compress(text.encode())))[0] == ["a", "b"]
+    assert find_duplicate_ids(_write(tmp_path / "u.fa", FASTA))[0] == []
+    assert find_duplicate_ids(_write(tmp_path / "e.fa", ""))[0] == []
 
 
 def test_find_duplicate_ids_fastq(tmp_path: Path) -> None:
     text = "@q\nAC\n+\n@I\n@r\nA\n+\nI\n@q x\nG\n+\nI\n"
-    assert find_duplicate_ids(_write(tmp_path / "d.fq", text)) == ["q"]
+    assert find_duplicate_ids(_write(tmp_path / "d.fq", text))[0] == ["q"]
 
 
 def test_find_duplicate_ids_errors_name_the_file(tmp_path: Path) -> None:
@@ -242,4 +242,7 @@ def test_header_scan_agrees_with_parser_across_block_edges(tmp_path: Path, monke
         ids = [record.id for record in read_records(path)]
         assert list(read_module._header_ids(path)) == ids
         expected = sorted({i for i in ids if ids.count(i) > 1})
-        assert find_duplicate_ids(path) == expected
+        duplicates, tally = find_duplicate_ids(path)
+        assert duplicates == expected
+        # the tally a second pass over the records must find again if the file is unchanged
+        assert tally == IdTally(len(ids), sum(hash(i) for i in ids) & MASK64)

@@ -89,6 +89,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-tokens", type=int, help="token budget per batch (default: by device)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip torch.compile of ESM-2 on GPUs (a few seconds less start-up, ~20%% slower)")
+    p.add_argument("--rna-as-dna", action="store_true",
+                   help="read U as T (RNA input); by default, as the original, codons holding U are dropped")
     p.add_argument("--keep-intermediate", action="store_true",
                    help="also write the original's intermediate FASTA files")
     p.add_argument("--reference", action="store_true",
@@ -150,6 +152,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         reference=args.reference,
         demo=args.demo,
         keep_intermediate=args.keep_intermediate,
+        rna_as_dna=args.rna_as_dna,
         save_embeddings=args.save_embeddings,
         shard_tokens=args.shard_tokens,
         compile=not args.no_compile,

@@ -48,6 +48,7 @@ class RunConfig:
     batch_tokens: int | None = None  # token budget per batch; None: sized from the device
     shard_tokens: int = 200_000  # protein tokens per shard (a few seconds of one GPU's work)
     compile: bool = True  # torch.compile ESM-2's layers on the GPU fast path (once per worker, beside the weight copy)
+    rna_as_dna: bool = False  # read U as T (the original drops codons holding U)
 
     def __post_init__(self) -> None:
         if self.chunk_len not in CHUNK_LENGTHS:
@@ -83,6 +84,7 @@ class RunConfig:
             "shard_tokens": self.shard_tokens,  # shard boundaries
             "batch_tokens": self.batch_tokens,  # batch composition moves last digits (None: by device)
             "compile": self.compile,  # fused kernels round differently
+            "rna_as_dna": self.rna_as_dna,
             "models": dict(model_identity),
         }
         if original_files is not None:

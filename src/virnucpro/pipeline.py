@@ -32,9 +32,9 @@ from virnucpro.monitoring.events import Monitor
 from virnucpro.predict.precision import Precision, check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
 from virnucpro.stages.embeddings import write_embeddings
-from virnucpro.stages.read import check_input_opens, check_unique_ids
+from virnucpro.stages.read import InputState, check_input_opens, check_unique_ids
 from virnucpro.stages.reuse_original import OriginalRun, original_identity
-from virnucpro.stages.stream import stream_frames
+from virnucpro.stages.stream import RnaRecords, stream_frames
 from virnucpro.stages.types import Frame
 from virnucpro.stages.write import IntermediateFiles, ResultWriter
 from virnucpro.store import RunLock, ShardStore, resumable
@@ -59,6 +59,7 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
     start = time.perf_counter()
     layout = config.layout
     with monitor.stage("check input"):
+        input_stat = InputState.stat_of(config.input) if config.input.is_file() else None
         check_input_opens(config.input)
     devices = resolve_devices(config.devices)
     check_one_device_kind(devices, config.precision, config.reference)
@@ -75,7 +76,7 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
             if stored and config.batch_tokens is None and stored.get("batch_tokens"):
                 # the batches of the stored shards, whatever this device would choose
                 config = dataclasses.replace(config, batch_tokens=stored["batch_tokens"])
-            outcome = _run_locked(config, layout, monitor, restart, task_factory, devices, parameters)
+            outcome = _run_locked(config, layout, monitor, restart, task_factory, devices, parameters, input_stat)
             seconds = time.perf_counter() - start
             monitor.emit("run_finished", frames=outcome.frames, seconds=seconds)  # summary, report
     except BaseException:
@@ -94,7 +95,8 @@ class _Done:
 
 
 def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart: bool,
-                task_factory: TaskFactory, devices: list[torch.device], parameters: dict) -> _Done:
+                task_factory: TaskFactory, devices: list[torch.device], parameters: dict,
+                input_stat: tuple) -> _Done:
     events = _EngineEvents(monitor)
     # Each device's worker loads the models itself, once; the parent never touches a GPU.
     with Engine(functools.partial(task_factory, config), devices, on_event=events, warn=monitor.warn) as engine:
@@ -103,7 +105,7 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
         # models take to load, so it runs meanwhile. A duplicate still stops the run before
         # any output: the workers are stopped on the way out.
         with monitor.stage("check input ids (models loading)"):
-            check_unique_ids(config.input)
+            started = InputState(input_stat, check_unique_ids(config.input))
         with monitor.stage("load models"):
             info: DeviceInfo = engine.wait_ready()
         if info.demo_models:
@@ -122,7 +124,7 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
                      devices=[str(d) for d in devices], dtype=info.dtype,
                      parameters=config.describe(), models=dict(info.identity))
         try:
-            done = _predict(config, layout, monitor, engine, store, original, _Done(info))
+            done = _predict(config, layout, monitor, engine, store, original, started, _Done(info))
         except InputError:
             # The input itself is broken: results for it are meaningless, keep nothing. (On
             # any other failure finished shards stay, so a rerun resumes where this one stopped.)
@@ -150,12 +152,13 @@ def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, store: Shard
 
 
 def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Engine, store: ShardStore,
-             original: OriginalRun, done: _Done) -> _Done:
+             original: OriginalRun, started: InputState, done: _Done) -> _Done:
     """Frames -> shards -> engine -> result tables, in input order."""
     intermediates = layout.intermediates() if config.keep_intermediate else None
     with IntermediateFiles(intermediates) as files, ResultWriter(layout.result_dir) as writer:
         frames = stream_frames(
-            config.input, config.chunk_len, files,
+            config.input, config.chunk_len, files, rna_as_dna=config.rna_as_dna, started=started,
+            on_rna=lambda rna: _warn_rna(config, monitor, rna),
             on_empty=lambda record: monitor.warn(f"{config.input}: record {record!r} is empty and was skipped"),
             on_progress=lambda read, total, frames, seconds: monitor.emit(
                 "input_progress", bytes_read=read, bytes_total=total, frames=frames, seconds=seconds))
@@ -169,6 +172,16 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
             done.frames += len(result.ids)
             done.shards += 1
     return done
+
+
+def _warn_rna(config: RunConfig, monitor: Monitor, rna: RnaRecords) -> None:
+    names = ", ".join(rna.first) + (" ..." if rna.count > len(rna.first) else "")
+    if config.rna_as_dna:
+        monitor.info(f"{config.input}: read U as T in {rna.count:,} record(s) ({names}), as --rna-as-dna asks")
+        return
+    monitor.warn(f"{config.input}: {rna.count:,} record(s) hold U, as RNA does ({names}); like the original "
+                 "VirNucPro, every codon holding a U is dropped, so their frames rarely show a stop and "
+                 "most are kept: their calls mean little. Rerun with --rna-as-dna to read U as T")
 
 
 def _job(shard: Shard[Frame], store: ShardStore, need_embeddings: bool, original: OriginalRun,

@@ -11,8 +11,11 @@ so the sequences are identical:
 - a record without sequence lines is yielded with seq '' (the chunk stage skips it).
 Deliberate differences, all of which turn a crash or silent garbage into an `InputError`:
 leading blank lines are skipped (Biopython >= 1.85 refuses them), any other leading text
-is refused (so is it by Biopython >= 1.85); non-ASCII letters in a sequence are refused
-(the original crashes on them later).
+is refused (so is it by Biopython >= 1.85); a sequence may hold only IUPAC nucleotide letters
+(A C G T U R Y S W K M B D H V N, either case): anything else -- a protein, FASTQ lines or an
+indented header inside a FASTA file, digits, '*', gaps -- is refused naming the record, the
+first bad letter's position and its line, where the original would have turned it into
+meaningless frames (or crashed).
 
 FASTQ follows Biopython's FastqGeneralIterator: sequence lines up to a '+' line, quality
 lines until the quality is as long as the sequence (so a quality line may start with '@').
@@ -25,9 +28,11 @@ from __future__ import annotations
 import array
 import gzip
 import io
+import os
 import re
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
 
@@ -174,32 +179,64 @@ def _first_word(title: str) -> str:
     return words[0] if words else ""
 
 
-def _clean_sequence(path: Path, record_id: str, lines: list[str]) -> str:
-    """Join sequence lines and drop ' ', '\\t', '\\r', '\\n' anywhere (Biopython 'fasta')."""
-    seq = "".join(lines).replace("\n", "")
+_JUNK = (" ", "\t", "\r", "\n")  # dropped anywhere in a FASTA sequence, as Biopython does
+_NOT_NUCLEOTIDE = re.compile(r"[^ACGTURYSWKMBDHVNacgturyswkmbdhvn]")
+_HINTS = (  # (letters, what they suggest), for the first bad letter
+    ("EFILPQJOXZefilpqjoxz*", "protein letters: virnucpro reads DNA, not protein FASTA"),
+    ("@+", "FASTQ lines inside a FASTA file?"),
+    (">", "a header that does not start at the beginning of its line (indented?)"),
+    ("0123456789", "digits: a numbered (GenBank-style) sequence?"),
+    ("-.", "alignment gaps: remove them first"),
+)
+
+
+def _clean_sequence(path: Path, record_id: str, lines: list[str], header_line: int) -> str:
+    """Join sequence lines and drop ' ', '\\t', '\\r', '\\n' anywhere (Biopython 'fasta');
+    refuse anything but nucleotide letters. header_line: the record's header's line number."""
+    seq = "".join(lines)
     # Cheap membership tests first: nearly every file has none of these.
-    for junk in (" ", "\t", "\r"):
+    for junk in _JUNK:
         if junk in seq:
             seq = seq.replace(junk, "")
-    if not seq.isascii():
-        raise InputError(f"{path}: record {record_id!r} has non-ASCII letters in its sequence")
+    if bad := _NOT_NUCLEOTIDE.search(seq):
+        line = header_line + 1 + _line_of(lines, bad.start())
+        raise InputError(_not_dna(path, record_id, seq, bad.start(), f"line {line}"))
     return seq
 
 
+def _line_of(lines: list[str], position: int) -> int:
+    """Which of the record's sequence lines (0-based) holds cleaned position `position`."""
+    seen = 0
+    for number, line in enumerate(lines):
+        seen += sum(1 for c in line if c not in _JUNK)
+        if seen > position:
+            return number
+    return len(lines) - 1
+
+
+def _not_dna(path: Path, record_id: str, seq: str, position: int, where: str) -> str:
+    letter = seq[position]
+    hint = next((what for letters, what in _HINTS if letter in letters),
+                "not a letter of a DNA sequence" if letter.isascii() else "a non-ASCII character")
+    return (f"{path}: record {record_id!r}: {letter!r} at base {position + 1} ({where}) is not an IUPAC "
+            f"nucleotide letter (A C G T U R Y S W K M B D H V N) -- {hint}")
+
+
 def _parse_fasta(path: Path, first: str, first_number: int, text: TextIO) -> Iterator[Record]:
-    # first_number is unused: FASTA problems are named by record, not by line.
     title = first[1:].rstrip()
+    header_line = first_number
     lines: list[str] = []
-    for line in text:
+    for number, line in enumerate(text, first_number + 1):
         if line[0] == ">":
             record_id = _first_word(title)
-            yield Record(record_id, _clean_sequence(path, record_id, lines))
+            yield Record(record_id, _clean_sequence(path, record_id, lines, header_line))
             title = line[1:].rstrip()
+            header_line = number
             lines = []
         else:
             lines.append(line)
     record_id = _first_word(title)
-    yield Record(record_id, _clean_sequence(path, record_id, lines))
+    yield Record(record_id, _clean_sequence(path, record_id, lines, header_line))
 
 
 class _FastqLines:
@@ -253,8 +290,8 @@ def _fastq_sequence(path: Path, record_id: str, title: str, lines: _FastqLines) 
             seq = "".join(parts)
             if " " in seq or "\t" in seq:
                 raise InputError(f"{path}: malformed FASTQ: spaces in sequence of {record_id!r}")
-            if not seq.isascii():
-                raise InputError(f"{path}: record {record_id!r} has non-ASCII letters in its sequence")
+            if bad := _NOT_NUCLEOTIDE.search(seq):
+                raise InputError(_not_dna(path, record_id, seq, bad.start(), f"in the sequence lines before line {lines.number}"))
             return seq
         parts.append(line.rstrip())
     raise InputError(f"{path}: truncated FASTQ: record {record_id!r} has no '+' line")
@@ -347,8 +384,21 @@ def _header_ids(path: Path) -> Iterator[str]:
             raise InputError(f"{path}: not UTF-8 text (undecodable header)") from None
 
 
-def find_duplicate_ids(path: str | Path) -> list[str]:
-    """Return the ids that occur more than once in the file, sorted (a header-only pre-pass).
+@dataclass(frozen=True)
+class IdTally:
+    """How many records a file has and an order-free digest of their ids (the sum of their
+    hashes, mod 2**64): what a second pass must find again if the file did not change."""
+
+    records: int = 0
+    digest: int = 0
+
+
+MASK64 = (1 << 64) - 1
+
+
+def find_duplicate_ids(path: str | Path) -> tuple[list[str], IdTally]:
+    """The ids that occur more than once in the file, sorted (a header-only pre-pass), and
+    the tally of all its ids.
 
     Memory: 8 bytes per record (a hash), not the ids themselves; ids are only kept on a
     second pass, and only those whose hash repeats.
@@ -356,15 +406,16 @@ def find_duplicate_ids(path: str | Path) -> list[str]:
     path = Path(path)
     hashes = array.array("q", (hash(record_id) for record_id in _header_ids(path)))
     values = np.frombuffer(hashes, dtype=np.int64) if len(hashes) else np.empty(0, np.int64)
+    tally = IdTally(len(values), int(values.astype(np.uint64).sum(dtype=np.uint64)) & MASK64)
     ordered = np.sort(values)
     repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
     if not repeated:
-        return []
+        return [], tally
     counts: dict[str, int] = {}
     for record_id in _header_ids(path):  # second pass: resolve hash collisions exactly
         if hash(record_id) in repeated:
             counts[record_id] = counts.get(record_id, 0) + 1
-    return sorted(record_id for record_id, n in counts.items() if n > 1)
+    return sorted(record_id for record_id, n in counts.items() if n > 1), tally
 
 
 def check_input_opens(path: Path) -> None:
@@ -381,12 +432,39 @@ def check_input_opens(path: Path) -> None:
         raise InputError(f"{path}: no sequences in this file (is it empty?)")
 
 
-def check_unique_ids(path: Path) -> None:
-    """A pass over every header of the input (the whole file: seconds per GB)."""
-    duplicates = find_duplicate_ids(path)
+def check_unique_ids(path: Path) -> IdTally:
+    """A pass over every header of the input (the whole file: seconds per GB); returns the
+    tally of its ids, for the check that the file did not change while the run read it."""
+    duplicates, tally = find_duplicate_ids(path)
     if duplicates:
         shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
         raise InputError(
             f"{path}: {len(duplicates)} record id(s) occur more than once ({shown}); "
             "ids (the first word of each header) must be unique"
         )
+    return tally
+
+
+@dataclass(frozen=True)
+class InputState:
+    """The input as the run found it: the file (device, inode, size, modification time) and
+    its ids. Reading it again must find the same, else it changed under the run."""
+
+    stat: tuple[int, int, int, int]
+    ids: IdTally
+
+    @staticmethod
+    def stat_of(path: Path) -> tuple[int, int, int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    def check_unchanged(self, path: Path, seen: IdTally) -> None:
+        now = self.stat_of(path)
+        if now == self.stat and seen == self.ids:
+            return
+        what = (f"{self.ids.records:,} records when the run began, {seen.records:,} read now"
+                if seen.records != self.ids.records else
+                "its record ids differ from those checked at the start" if seen != self.ids else
+                f"size {self.stat[2]:,} then {now[2]:,} bytes, or its modification time or inode, changed")
+        raise InputError(f"{path} changed while virnucpro was reading it ({what}); if it is still being "
+                         "written, wait until it is complete, then run again")
