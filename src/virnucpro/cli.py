@@ -4,8 +4,9 @@ on stderr and a non-zero exit code; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import math
+import os
 import signal
 import sys
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.config import CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, RunConfig
-from virnucpro.errors import InputError, VirnucproError
+from virnucpro.errors import InputError, OutputError, VirnucproError
 
 log = logging.getLogger("virnucpro")
 EXIT_INTERRUPTED = 130
@@ -44,6 +45,29 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _LogFile(logging.FileHandler):
+    """The --log-file. A write that fails (a full disk) must not print logging's own traceback
+    in the middle of the run: the first failure is kept, and the command ends with exit 3
+    naming it once the run is over."""
+
+    failure: OSError | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if self.failure is None and isinstance(error, OSError):
+            self.failure = error
+        elif not isinstance(error, OSError):
+            super().handleError(record)
+
+
+def log_file_failure() -> str | None:
+    """The first write failure of the --log-file, as one line (None when there was none)."""
+    for handler in log.handlers:
+        if isinstance(handler, _LogFile) and handler.failure is not None:
+            return f"cannot write the log file {handler.baseFilename}: {handler.failure.strerror or handler.failure}"
+    return None
+
+
 def configure_logging(quiet: bool, verbose: bool = False, log_file: Path | None = None) -> None:
     """Console: warnings only when quiet. The --log-file gets everything from INFO (DEBUG
     with -v) with timestamps, whatever --quiet says: it is the record of a batch job."""
@@ -52,7 +76,7 @@ def configure_logging(quiet: bool, verbose: bool = False, log_file: Path | None 
     console.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
-        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file = _LogFile(log_file, encoding="utf-8")
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         to_file.setLevel(logging.DEBUG if verbose else logging.INFO)
         handlers.append(to_file)
@@ -61,6 +85,47 @@ def configure_logging(quiet: bool, verbose: bool = False, log_file: Path | None 
     log.handlers[:] = handlers
     log.setLevel(min(h.level for h in handlers))
     log.propagate = False
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, naming the command and the fix, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, minimum: float, what: str):
+    """An argparse type: a finite `kind` >= minimum."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return value
+    return parse
+
+
+def _file_to_write(text: str) -> Path:
+    """A path a file can be written to: not a folder, in a folder that exists."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {path.parent} does not exist")
+    return path
+
+
+def _folder(text: str) -> Path:
+    """A folder that may not exist yet, but is not a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return path
+
+
+_SECONDS = _number(float, 1e-3, "must be a positive number of seconds")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -80,13 +145,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", type=Path, help="classifier .pth (default: the model cache)")
     p.add_argument("--esm-model", type=Path, help="ESM-2 3B checkpoint (.pt)")
     p.add_argument("--dnabert-model", type=Path, help="DNABERT-S folder (config.json, weights, tokenizer.json)")
-    p.add_argument("-o", "--output-dir", type=Path, help="results folder (default {prefix}_merged)")
+    p.add_argument("-o", "--output-dir", type=_folder, help="results folder (default {prefix}_merged)")
     p.add_argument("--devices", default="auto",
                    help="auto (every visible GPU, else the CPU), or a list: cuda:0,cuda:2 or cpu,cpu; "
                    "one worker process per device (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 on GPUs, fp32 on CPUs (default auto)")
-    p.add_argument("--batch-tokens", type=int, help="token budget per batch (default: by device)")
+    p.add_argument("--batch-tokens", type=_number(int, 64, "must be a whole number of tokens, at least 64"),
+                   metavar="N", help="token budget per batch (default: by device)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip torch.compile of ESM-2 on GPUs (a few seconds less start-up, ~20%% slower)")
     p.add_argument("--rna-as-dna", action="store_true",
@@ -100,31 +166,35 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="discard results of an earlier interrupted run")
     p.add_argument("--save-embeddings", action="store_true",
                    help="also write per-frame DNABERT-S and ESM-2 embeddings to RESULTS/embeddings/ (.npy)")
-    p.add_argument("--shard-tokens", type=int, default=RunConfig.shard_tokens, metavar="N",
+    p.add_argument("--shard-tokens", type=_number(int, 1, "must be a positive whole number of tokens"),
+                   default=RunConfig.shard_tokens, metavar="N",
                    help=f"protein tokens per checkpointed shard (default {RunConfig.shard_tokens:,})")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
-    p.add_argument("--log-file", type=Path, help="also write the log here (timestamps; not silenced by -q)")
-    p.add_argument("--monitor-interval", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--log-file", type=_file_to_write, metavar="FILE",
+                   help="also write the log here (timestamps; not silenced by -q)")
+    p.add_argument("--monitor-interval", type=_SECONDS, default=10.0, metavar="SECONDS",
                    help="GPU sampling, per-device throughput and stall checks every SECONDS (default 10)")
-    p.add_argument("--report-sequences", type=int, default=5, metavar="N",
+    p.add_argument("--report-sequences", type=_number(int, 0, "must be a whole number, 0 or more"),
+                   default=5, metavar="N",
                    help="sequences drawn in report.html (default 5; 0: no report)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="virnucpro", description="Identify viral DNA with the VirNucPro method, on every GPU.")
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_predict(sub)
     plot = sub.add_parser("plot", help="draw a finished run's report for named sequences",
                           description="Write an HTML report (run, GPUs, throughput, scores) whose "
                           "per-sequence plots show the named sequences.")
     plot.add_argument("results", type=Path, help="result folder of a finished run")
     plot.add_argument("--ids", nargs="+", required=True, metavar="ID", help="sequence ids to draw")
-    plot.add_argument("-o", "--output", type=Path, help="HTML file to write (default RESULTS/plot.html)")
+    plot.add_argument("-o", "--output", type=_file_to_write, metavar="FILE",
+                      help="HTML file to write (default RESULTS/plot.html)")
     models = sub.add_parser("models", help="where models are looked for; download them")
-    msub = models.add_subparsers(dest="models_command", required=True)
+    msub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     info = msub.add_parser("info", help="show where each model is looked for and whether it is there")
     info.add_argument("-m", "--chunk-len", type=int, choices=CHUNK_LENGTHS, default=500)
     dl = msub.add_parser("download", help="download the real models (needs internet)")
@@ -166,8 +236,6 @@ def _predict(args: argparse.Namespace) -> int:
     from virnucpro.monitoring import MonitorOptions, attach
 
     config = config_from_args(args)
-    if args.monitor_interval <= 0:
-        raise InputError(f"--monitor-interval must be positive, got {args.monitor_interval}")
     monitor = Monitor()
     monitor.subscribe(log_subscriber)
     # a bar on a terminal; in a batch job's captured stderr, plain lines instead
@@ -219,17 +287,16 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False),
                           log_file=getattr(args, "log_file", None))
     except OSError as exc:
-        print(f"virnucpro: error: cannot write the log file: {exc}", file=sys.stderr)
-        return InputError.exit_code
+        print(f"virnucpro: error: cannot write the log file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
+        return OutputError.exit_code
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        if args.command == "predict":
-            return _predict(args)
-        if args.command == "plot":
-            return _plot(args)
-        return _models(args)
+        code = {"predict": _predict, "plot": _plot}.get(args.command, _models)(args)
+        if failure := log_file_failure():
+            raise OutputError(failure)
+        return code
     except VirnucproError as exc:
         print(f"virnucpro: error: {exc}", file=sys.stderr)
         return exc.exit_code

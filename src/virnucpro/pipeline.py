@@ -25,8 +25,8 @@ from virnucpro.engine.scheduler import DeviceReady, Engine, EngineEvent, Job, Jo
 from virnucpro.engine.sharding import Shard, plan_shards
 from virnucpro.engine.worker import Task
 from virnucpro.errors import InputError, ModelError, WorkerFailed
-from virnucpro.layout import (RunLayout, prepare_result_dir, remove_created_folder, remove_quietly,
-                              remove_stale_temporaries)
+from virnucpro.layout import (EMBEDDINGS_DIRNAME, PLOT_NAME, RunLayout, prepare_result_dir,
+                              remove_created_folder, remove_quietly, remove_stale_temporaries)
 from virnucpro.models.bundle import locate_models
 from virnucpro.monitoring.events import Monitor
 from virnucpro.predict.precision import Precision, check_one_device_kind
@@ -148,6 +148,9 @@ def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, store: Shard
     if config.save_embeddings:
         folder = write_embeddings(layout.result_dir, store, done.shards, done.frames, done.info.feature_dims)
         monitor.info(f"embeddings written to {folder}/")
+    # Files an earlier run left that would now sit beside results they do not describe.
+    for stale in ([] if config.save_embeddings else [EMBEDDINGS_DIRNAME]) + [PLOT_NAME]:
+        remove_quietly(layout.result(stale))
     store.discard()
 
 

@@ -59,9 +59,9 @@ def attach(monitor: Monitor, options: MonitorOptions = MonitorOptions()) -> Sess
         closers.insert(0, bar.stop)
     elif options.progress == "lines":
         monitor.subscribe(PlainProgress(options.progress_interval))
-    subscribers = [gpu, metrics_file, gpu_log_subscriber, watch, RunRecorder(monitor, watch)]
-    if options.report_sequences is not None:  # after the recorder: the report reads its summary
-        subscribers.append(ReportOnFinish(options.report_sequences))
+    # The report after the recorder: it reads the run summary.
+    subscribers = [gpu, metrics_file, gpu_log_subscriber, watch, RunRecorder(monitor, watch),
+                   ReportOnFinish(options.report_sequences)]
     for subscriber in (*subscribers, heartbeat):
         monitor.subscribe(subscriber)
     return Session(heartbeat, closers)

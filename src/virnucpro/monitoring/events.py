@@ -47,8 +47,14 @@ class Monitor:
         with self._lock:
             if kind == "warning":
                 self.warnings.append(str(data.get("message")))
+            failure: Exception | None = None
             for subscriber in self._subscribers:
-                subscriber(event)
+                try:
+                    subscriber(event)
+                except Exception as exc:  # the others still see the event (e.g. the summary
+                    failure = failure or exc  # is written when the metrics file failed)
+            if failure is not None:
+                raise failure
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

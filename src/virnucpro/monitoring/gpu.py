@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from virnucpro.layout import METRICS_NAME, open_new
+from virnucpro.errors import OutputError
+from virnucpro.layout import METRICS_NAME, open_new, remove_quietly
 from virnucpro.monitoring.events import Event, Monitor
 
 log = logging.getLogger("virnucpro")
@@ -152,24 +154,36 @@ class GpuMetricsFile:
         self._path: Path | None = None
         self._handle = None
         self._closed = False
+        self.failure: str | None = None
 
     def __call__(self, event: Event) -> None:
         if event.kind == "run_started":
             self._path = Path(event.data["result_dir"]) / METRICS_NAME
+            remove_quietly(self._path)  # an earlier run's; this run's samples replace it, if any
         elif event.kind == "gpu_sample" and self._path is not None and not self._closed:
-            if self._handle is None:
-                self._handle = open_new(self._path)
-            for s in event.data["samples"]:
-                row = {"time": round(event.time, 3), "elapsed": round(event.data["elapsed"], 3), **asdict(s)}
-                self._handle.write(json.dumps(row) + "\n")
-            self._handle.flush()  # a crashed run keeps what it had sampled
+            try:
+                self._write(event)
+            except OSError as exc:  # on the sampling thread: reported when the run ends
+                self.failure = self.failure or f"cannot write {self._path}: {exc.strerror or exc}"
+                self.close()
         elif event.kind == "run_finished":
             self.close()
+            if self.failure:
+                raise OutputError(self.failure)
+
+    def _write(self, event: Event) -> None:
+        if self._handle is None:
+            self._handle = open_new(self._path)
+        for s in event.data["samples"]:
+            row = {"time": round(event.time, 3), "elapsed": round(event.data["elapsed"], 3), **asdict(s)}
+            self._handle.write(json.dumps(row) + "\n")
+        self._handle.flush()  # a crashed run keeps what it had sampled
 
     def close(self) -> None:
         self._closed = True  # a sample arriving after the end must not reopen (and truncate) it
         if self._handle is not None:
-            self._handle.close()
+            with suppress(OSError):
+                self._handle.close()
             self._handle = None
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import logging
 
 from virnucpro.errors import InputError, OutputError
-from virnucpro.layout import METRICS_NAME, REPORT_NAME, RESULTS_NAME, SUMMARY_NAME, record_and_chunk, write_text_atomic
+from virnucpro.layout import (METRICS_NAME, REPORT_NAME, RESULTS_NAME, SUMMARY_NAME, record_and_chunk,
+                              remove_quietly, write_text_atomic)
 from virnucpro.monitoring import svg
 from virnucpro.monitoring.events import Event, describe_startup
 from virnucpro.monitoring.gpu import read_metrics
@@ -201,10 +202,11 @@ def write_report(result_dir: Path, *, first_sequences: int = 5, ids: list[str] |
 
 class ReportOnFinish:
     """Subscriber: at run_finished (after the run summary is written), draws report.html
-    with the first `sequences` sequences. The results are safe by then: a report that cannot
-    be drawn is a warning, not a failed run."""
+    with the first `sequences` sequences (None: no report, and an earlier run's is removed).
+    The results are safe by then: a report that cannot be drawn is a warning, one that
+    cannot be written an OutputError."""
 
-    def __init__(self, sequences: int) -> None:
+    def __init__(self, sequences: int | None) -> None:
         self.sequences = sequences
         self.result_dir: Path | None = None
 
@@ -212,7 +214,12 @@ class ReportOnFinish:
         if event.kind == "run_started":
             self.result_dir = Path(event.data["result_dir"])
         elif event.kind == "run_finished" and self.result_dir is not None:
+            if self.sequences is None:
+                remove_quietly(self.result_dir / REPORT_NAME)  # it would describe another run
+                return
             try:
                 write_report(self.result_dir, first_sequences=self.sequences)
-            except (OSError, ValueError, OutputError) as exc:
+            except OutputError as exc:
+                raise OutputError(f"{exc} (the prediction results are complete; only the report is missing)") from None
+            except (OSError, ValueError) as exc:  # reading the run's files to draw it
                 log.warning(f"report.html not written: {exc}")

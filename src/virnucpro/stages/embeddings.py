@@ -14,7 +14,9 @@ under a temporary name and appears only when complete: any failure removes it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,4 +104,15 @@ def _output_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if shape[0] == 0:  # an empty file cannot be memory-mapped
         np.save(path, np.zeros(shape, dtype=np.float32))
         return np.zeros(shape, dtype=np.float32)
-    return np.lib.format.open_memmap(path, "w+", np.float32, shape)
+    array = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+    # Claim the disk space now: a memory-mapped page that cannot be stored on a full disk kills
+    # the process (SIGBUS) instead of raising an error that can be reported.
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system without it
+            raise
+    finally:
+        os.close(fd)
+    return array

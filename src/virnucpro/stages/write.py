@@ -169,9 +169,7 @@ class ResultWriter:
             self._results.write(RESULTS_HEADER)
         except OSError as exc:
             self._remove_temps()
-            raise OutputError(
-                f"{self.out_dir}: cannot write results there ({exc.strerror or exc})"
-            ) from None
+            raise OutputError(f"cannot write {self.out_dir / RESULTS_NAME}: {exc.strerror or exc}") from None
         self._maxima = _ChunkMaxima(self.out_dir, spill_rows)
         self._done = False
 
@@ -198,7 +196,7 @@ class ResultWriter:
             _write_in_blocks(self._results, rows)
             self._maxima.update([chunk_of(fid) for fid in ids], s1.tolist(), s2.tolist())
         except OSError as exc:
-            raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc})") from None
+            raise OutputError(f"cannot write {self.out_dir / RESULTS_NAME}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         """Finish both files and move them into place."""
@@ -224,12 +222,14 @@ class ResultWriter:
             self._done = True
         except OSError as exc:
             self.abort()
-            raise OutputError(f"{self.out_dir}: writing results failed ({exc.strerror or exc})") from None
+            raise OutputError(f"cannot write {self.out_dir / RESULTS_NAME} and {HIGHEST_NAME}: "
+                              f"{exc.strerror or exc}") from None
 
     def abort(self) -> None:
         """Drop everything written so far; leaves no partial result files."""
         self._done = True
-        self._results.close()
+        with suppress(OSError):  # a full disk fails the close too; the first error is the news
+            self._results.close()
         self._maxima.discard()
         self._remove_temps()
 
@@ -271,18 +271,18 @@ class IntermediateFiles:
 
     def add_chunks(self, chunks: Sequence[Chunk]) -> None:
         if self._temps:
-            self._write(self.paths[0], write_chunks_fasta, chunks, self._temps[0][1])
+            self._write(self.paths[:1], write_chunks_fasta, chunks, self._temps[0][1])
 
     def add_frames(self, frames: Sequence[Frame]) -> None:
         if self._temps:
-            self._write(self.paths[1], write_frames_fasta, frames, self._temps[1][1], self._temps[2][1])
+            self._write(self.paths[1:], write_frames_fasta, frames, self._temps[1][1], self._temps[2][1])
 
     @staticmethod
-    def _write(path: Path, write, *args) -> None:
+    def _write(paths: Sequence[Path], write, *args) -> None:
         try:
             write(*args)
         except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write {' and '.join(map(str, paths))}: {exc.strerror or exc}") from None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._close(success=exc_type is None)
