@@ -77,8 +77,13 @@ def test_empty_file_and_leading_blank_lines(tmp_path: Path) -> None:
     assert _records(_write(tmp_path / "blank.fa", "\n  \n" + FASTA)) == EXPECTED
 
 
-def test_empty_title_gives_empty_id(tmp_path: Path) -> None:
-    assert _records(_write(tmp_path / "e.fa", ">\nACG\n>  \nT\n")) == [Record("", "ACG"), Record("", "T")]
+def test_a_header_without_an_id_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """Biopython would give the record the id '' (and every result row would be named
+    '_chunk_1F1'); a deliberate difference: an error naming the line."""
+    with pytest.raises(InputError, match=r"e\.fa: line 3: a header with no id"):
+        _records(_write(tmp_path / "e.fa", ">a\nACG\n>  \nT\n"))
+    with pytest.raises(InputError, match=r"e\.fq: line 5: a header with no id"):
+        _records(_write(tmp_path / "e.fq", "@a\nAC\n+\nII\n@\nAC\n+\nII\n"))
 
 
 def test_streams_records_before_reading_the_rest(tmp_path: Path) -> None:
@@ -99,7 +104,7 @@ def _messy_fasta(rng: random.Random) -> str:
     """A FASTA text with the oddities Biopython has rules for."""
     lines = []
     for i in range(rng.randint(1, 12)):
-        title = rng.choice([f"id{i} some text", f"id{i}", f"  id{i}\t tabbed ", "", f"id{i}  "])
+        title = rng.choice([f"id{i} some text", f"id{i}", f"  id{i}\t tabbed ", f"id{i}  "])
         lines.append(">" + title)
         for _ in range(rng.randint(0, 4)):
             body = "".join(rng.choice("ACGTNacgtnRYU \t") for _ in range(rng.randint(0, 70)))

@@ -222,20 +222,29 @@ def _not_dna(path: Path, record_id: str, seq: str, position: int, where: str) ->
             f"nucleotide letter (A C G T U R Y S W K M B D H V N) -- {hint}")
 
 
+def _record_id(path: Path, title: str, where: str) -> str:
+    """The id of a record with this header title; a header without one is refused (every
+    result row is named by it)."""
+    record_id = _first_word(title)
+    if not record_id:
+        raise InputError(f"{path}: {where}: a header with no id (nothing after its '>' or '@')")
+    return record_id
+
+
 def _parse_fasta(path: Path, first: str, first_number: int, text: TextIO) -> Iterator[Record]:
     title = first[1:].rstrip()
     header_line = first_number
     lines: list[str] = []
     for number, line in enumerate(text, first_number + 1):
         if line[0] == ">":
-            record_id = _first_word(title)
+            record_id = _record_id(path, title, f"line {header_line}")
             yield Record(record_id, _clean_sequence(path, record_id, lines, header_line))
             title = line[1:].rstrip()
             header_line = number
             lines = []
         else:
             lines.append(line)
-    record_id = _first_word(title)
+    record_id = _record_id(path, title, f"line {header_line}")
     yield Record(record_id, _clean_sequence(path, record_id, lines, header_line))
 
 
@@ -263,7 +272,7 @@ def _parse_fastq(path: Path, first: str, first_number: int, text: TextIO) -> Ite
         if line[0] != "@":
             raise InputError(f"{path}: malformed FASTQ at line {lines.number} (expected '@')")
         title = line[1:].rstrip()
-        record_id = _first_word(title)
+        record_id = _record_id(path, title, f"line {lines.number}")
         seq = _fastq_sequence(path, record_id, title, lines)
         quality_len, line = _fastq_quality(lines, len(seq))
         if quality_len != len(seq):
@@ -459,7 +468,11 @@ class InputState:
         return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
     def check_unchanged(self, path: Path, seen: IdTally) -> None:
-        now = self.stat_of(path)
+        try:
+            now = self.stat_of(path)
+        except OSError as exc:
+            raise InputError(f"{path} changed while virnucpro was reading it ({exc.strerror or exc} now); "
+                             "run again once the file is in place") from None
         if now == self.stat and seen == self.ids:
             return
         what = (f"{self.ids.records:,} records when the run began, {seen.records:,} read now"
