@@ -55,7 +55,8 @@ def test_keep_intermediate_matches_golden(tmp_path, tiny_models, name, chunk_len
     assert ids == [i for i, _ in read_fasta_pairs(case / "identified_nucleotide.fa")]
     # the checkpoint store is gone after a successful run; no temporaries remain
     assert sorted(p.name for p in (tmp_path / "sample_merged").iterdir()) == [
-        "prediction_results.txt", "prediction_results_highestscore.csv", "report.html", "run_summary.json"]
+        "prediction_results.txt", "prediction_results_highestscore.csv", "prediction_summary.tsv", "report.html",
+        "run_summary.json", "viral_sequences.fa"]
 
 
 def classifier_formula(sd: dict):

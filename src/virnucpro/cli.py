@@ -15,6 +15,7 @@ from pathlib import Path
 from virnucpro import __version__
 from virnucpro.config import CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, RunConfig
 from virnucpro.errors import InputError, OutputError, VirnucproError
+from virnucpro.layout import SEQUENCES_NAME, VIRAL_FASTA_NAME
 
 log = logging.getLogger("virnucpro")
 EXIT_INTERRUPTED = 130
@@ -247,12 +248,29 @@ def _predict(args: argparse.Namespace) -> int:
         outcome = pipeline.run(config, monitor, restart=args.restart)
     finally:
         session.close()
-    resumed = f", {outcome.resumed_shards} shard(s) from an earlier run" if outcome.resumed_shards else ""
-    log.info(f"{outcome.frames:,} frames classified in {outcome.seconds:.1f} s on {outcome.device} "
-             f"({outcome.dtype}){resumed}; results in {outcome.result_dir}/")
+    for line in closing_lines(outcome):
+        log.info(line)
     if outcome.demo_models:
         log.warning("DEMO MODE results: random models, not biologically meaningful")
     return 0
+
+
+def closing_lines(outcome) -> list[str]:
+    """What the run found first, then where it is, then how it ran."""
+    calls = outcome.calls
+    share = f" ({100 * calls.virus / calls.records:.1f} %)" if calls.records else ""
+    found = f"{calls.virus:,} of {calls.records:,} sequences called viral{share}"
+    if calls.no_frames:
+        found += f"; {calls.no_frames:,} not assessed: no stop-free frame"
+    if calls.skipped:
+        found += f"; {calls.skipped:,} empty, skipped"
+    resumed = f", {outcome.resumed_shards} shard(s) from an earlier run" if outcome.resumed_shards else ""
+    folder = outcome.result_dir
+    return [found,
+            f"per sequence: {folder}/{SEQUENCES_NAME}; viral sequences: {folder}/{VIRAL_FASTA_NAME}; "
+            f"per frame and chunk (the original's files) and report.html in {folder}/",
+            f"{outcome.frames:,} frames classified in {outcome.seconds:.1f} s on {outcome.device} "
+            f"({outcome.dtype}){resumed}"]
 
 
 def _plot(args: argparse.Namespace) -> int:

@@ -49,6 +49,9 @@ class RunConfig:
     shard_tokens: int = 200_000  # protein tokens per shard (a few seconds of one GPU's work)
     compile: bool = True  # torch.compile ESM-2's layers on the GPU fast path (once per worker, beside the weight copy)
     rna_as_dna: bool = False  # read U as T (the original drops codons holding U)
+    # Per-sequence calls (prediction_summary.tsv); the original's two files do not depend on them.
+    min_virus_fraction: float = 0.5  # share of a sequence's scored chunks that must be virus
+    threshold: float | None = None  # a chunk is virus when its max score2 >= this (None: the original's rule)
 
     def __post_init__(self) -> None:
         if self.chunk_len not in CHUNK_LENGTHS:
@@ -59,6 +62,10 @@ class RunConfig:
             raise InputError(f"--batch-tokens must be at least 64, got {self.batch_tokens}")
         if self.shard_tokens < 1:
             raise InputError("shard size must be positive")
+        if not 0 < self.min_virus_fraction <= 1:
+            raise InputError(f"--min-virus-fraction must be in (0, 1], got {self.min_virus_fraction}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise InputError(f"--threshold must be in [0, 1], got {self.threshold}")
 
     @property
     def layout(self) -> RunLayout:

@@ -27,6 +27,8 @@ from virnucpro.errors import OutputError
 
 RESULTS_NAME = "prediction_results.txt"  # one row per kept frame (the original's)
 HIGHEST_NAME = "prediction_results_highestscore.csv"  # one row per chunk (the original's)
+SEQUENCES_NAME = "prediction_summary.tsv"  # one row per input record: its call
+VIRAL_FASTA_NAME = "viral_sequences.fa"  # the records called virus
 SUMMARY_NAME = "run_summary.json"
 REPORT_NAME = "report.html"
 PLOT_NAME = "plot.html"  # `virnucpro plot`'s default

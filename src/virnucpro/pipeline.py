@@ -25,12 +25,14 @@ from virnucpro.engine.scheduler import DeviceReady, Engine, EngineEvent, Job, Jo
 from virnucpro.engine.sharding import Shard, plan_shards
 from virnucpro.engine.worker import Task
 from virnucpro.errors import InputError, ModelError, WorkerFailed
-from virnucpro.layout import (EMBEDDINGS_DIRNAME, PLOT_NAME, RunLayout, prepare_result_dir,
-                              remove_created_folder, remove_quietly, remove_stale_temporaries)
+from virnucpro.layout import (EMBEDDINGS_DIRNAME, PLOT_NAME, SEQUENCES_NAME, VIRAL_FASTA_NAME, RunLayout,
+                              prepare_result_dir, remove_created_folder, remove_quietly,
+                              remove_stale_temporaries)
 from virnucpro.models.bundle import locate_models
 from virnucpro.monitoring.events import Monitor
 from virnucpro.predict.precision import Precision, check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
+from virnucpro.stages.calls import CallCounts, CallRule, SequenceCalls
 from virnucpro.stages.embeddings import write_embeddings
 from virnucpro.stages.read import InputState, check_input_opens, check_unique_ids
 from virnucpro.stages.reuse_original import OriginalRun, original_identity
@@ -52,6 +54,7 @@ class RunOutcome:
     device: str
     dtype: str
     demo_models: tuple[str, ...]
+    calls: CallCounts
 
 
 def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
@@ -83,7 +86,8 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
         remove_created_folder(layout.result_dir, created)  # if it is still empty
         raise
     return RunOutcome(str(layout.result_dir), outcome.frames, outcome.shards, outcome.resumed, seconds,
-                      ", ".join(str(d) for d in devices), outcome.info.dtype, outcome.info.demo_models)
+                      ", ".join(str(d) for d in devices), outcome.info.dtype, outcome.info.demo_models,
+                      outcome.calls)
 
 
 @dataclass
@@ -92,6 +96,7 @@ class _Done:
     frames: int = 0
     shards: int = 0
     resumed: int = 0
+    calls: CallCounts = CallCounts()
 
 
 def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart: bool,
@@ -141,6 +146,7 @@ def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, store: Shard
             original: OriginalRun, done: _Done) -> None:
     """With the result tables in place: say what is worth knowing, export the embeddings if
     asked, and drop the checkpoints."""
+    monitor.emit("sequences_called", **done.calls.as_dict())
     if done.frames == 0:
         monitor.warn(f"{config.input}: no chunk has a stop-free reading frame; the result files hold headers only")
     if original.reused:
@@ -158,9 +164,11 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
              original: OriginalRun, started: InputState, done: _Done) -> _Done:
     """Frames -> shards -> engine -> result tables, in input order."""
     intermediates = layout.intermediates() if config.keep_intermediate else None
-    with IntermediateFiles(intermediates) as files, ResultWriter(layout.result_dir) as writer:
+    rule = CallRule(config.min_virus_fraction, config.threshold)
+    with IntermediateFiles(intermediates) as files, ResultWriter(layout.result_dir) as writer, \
+            SequenceCalls(layout.result_dir, rule) as calls:
         frames = stream_frames(
-            config.input, config.chunk_len, files, rna_as_dna=config.rna_as_dna, started=started,
+            config.input, config.chunk_len, files, rna_as_dna=config.rna_as_dna, started=started, index=calls.index,
             on_rna=lambda rna: _warn_rna(config, monitor, rna),
             on_empty=lambda record: monitor.warn(f"{config.input}: record {record!r} is empty and was skipped"),
             on_progress=lambda read, total, frames, seconds: monitor.emit(
@@ -172,8 +180,11 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
         jobs = (_job(shard, store, config.save_embeddings, original, monitor, done) for shard in shards)
         for _, result in engine.run(jobs):
             writer.add(result.ids, result.score1, result.score2)
+            calls.add(result.ids, result.score1, result.score2)
             done.frames += len(result.ids)
             done.shards += 1
+        writer.close()  # the original's two files first: the per-sequence files come after them
+        done.calls = calls.finish(layout.result(SEQUENCES_NAME), layout.result(VIRAL_FASTA_NAME), config.input)
     return done
 
 

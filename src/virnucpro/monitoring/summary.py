@@ -93,6 +93,7 @@ class RunRecorder:
         self.stages: dict[str, float] = {}
         self.frames = self.tokens = 0  # every shard of the result, resumed ones too
         self.resumed_frames = self.resumed_shards = 0  # from an earlier run's checkpoints
+        self.sequences: dict[str, int] = {}  # per-sequence calls: records, virus, others, no_frames, skipped
         self.batches_halved = 0  # after running out of device memory
         self.shards_redone_in_fp32 = 0  # DNABERT-S overflowed fp16
         self.gpu = GpuTotals()
@@ -126,6 +127,8 @@ class RunRecorder:
                 self.shards_redone_in_fp32 += bool(d.get("redone_in_fp32"))
         elif event.kind == "gpu_sample":
             self.gpu.add(event)
+        elif event.kind == "sequences_called":
+            self.sequences = dict(d)
         elif event.kind == "device_ready":
             # a device's first start; a worker restarted after a crash starts again
             self.startup.setdefault(d["device"], dict(d["startup_s"]))
@@ -157,6 +160,7 @@ class RunRecorder:
             "wall_seconds": round(finished.get("seconds", 0.0), 3),
             "stage_seconds": {name: round(v, 3) for name, v in self.stages.items()},
             "startup_seconds_per_device": self.startup,
+            "sequences": self.sequences,
             "frames": self.frames,
             "tokens": self.tokens,
             "resumed_shards": self.resumed_shards,

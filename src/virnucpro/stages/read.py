@@ -238,14 +238,14 @@ def _parse_fasta(path: Path, first: str, first_number: int, text: TextIO) -> Ite
     for number, line in enumerate(text, first_number + 1):
         if line[0] == ">":
             record_id = _record_id(path, title, f"line {header_line}")
-            yield Record(record_id, _clean_sequence(path, record_id, lines, header_line))
+            yield Record(record_id, _clean_sequence(path, record_id, lines, header_line), title)
             title = line[1:].rstrip()
             header_line = number
             lines = []
         else:
             lines.append(line)
     record_id = _record_id(path, title, f"line {header_line}")
-    yield Record(record_id, _clean_sequence(path, record_id, lines, header_line))
+    yield Record(record_id, _clean_sequence(path, record_id, lines, header_line), title)
 
 
 class _FastqLines:
@@ -282,7 +282,7 @@ def _parse_fastq(path: Path, first: str, first_number: int, text: TextIO) -> Ite
                 f"{path}: {where}: record {record_id!r} has {len(seq)} bases "
                 f"but {quality_len} quality values"
             )
-        yield Record(record_id, seq)
+        yield Record(record_id, seq, title)
 
 
 def _fastq_sequence(path: Path, record_id: str, title: str, lines: _FastqLines) -> str:

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from virnucpro.stages.chunk import iter_chunks
+from virnucpro.stages.calls import RecordIndex
+from virnucpro.stages.chunk import chunk_starts, iter_chunks
 from virnucpro.stages.read import MASK64, IdTally, InputState, ReadPosition, read_records
 from virnucpro.stages.translate import select_frames
 from virnucpro.stages.types import Frame, Record
@@ -35,20 +36,22 @@ class RnaRecords:
 
 
 def stream_frames(path: Path, chunk_len: int, files: IntermediateFiles, *, rna_as_dna: bool = False,
-                  started: InputState | None = None, on_empty: Callable[[str], None],
+                  started: InputState | None = None, index: RecordIndex | None = None,
+                  on_empty: Callable[[str], None],
                   on_progress: Callable[[int, int, int, float], None],
                   on_rna: Callable[[RnaRecords], None] = lambda rna: None) -> Iterator[Frame]:
     """The kept frames of the file at `path`, writing intermediates on the way.
 
     started: the file and its ids as the run found them; once read to the end they must be
-    the same, else InputError (a file still being written). on_empty(record id): an empty
+    the same, else InputError (a file still being written). index: gets every record's id,
+    length and number of chunks. on_empty(record id): an empty
     record, skipped. on_progress(bytes read, bytes in the file, frames so far, CPU seconds so
     far): after each block (bytes consumed give progress a fraction and an ETA; counting the
     frames ahead would cost as much as these stages). on_rna(records): at the end, when
     records held U."""
     position = ReadPosition(path)
     seen, rna = _Seen(), RnaRecords()
-    records = _as_dna(_counted(read_records(path, position), seen), rna_as_dna, rna)
+    records = _as_dna(_counted(read_records(path, position), seen, index, chunk_len), rna_as_dna, rna)
     chunks = iter_chunks(records, chunk_len, on_empty=on_empty)
     frames_read, cpu_seconds, t0 = 0, 0.0, time.perf_counter()
     while block := list(itertools.islice(chunks, CHUNKS_PER_TRANSLATION_BLOCK)):
@@ -72,10 +75,12 @@ class _Seen:
     digest: int = 0  # sum of the ids' hashes (reduced mod 2**64 at the end)
 
 
-def _counted(records: Iterable[Record], seen: _Seen) -> Iterator[Record]:
+def _counted(records: Iterable[Record], seen: _Seen, index: RecordIndex | None, chunk_len: int) -> Iterator[Record]:
     for record in records:
         seen.records += 1
         seen.digest += hash(record.id)
+        if index is not None:
+            index.add(record.id, len(record.seq), len(chunk_starts(len(record.seq), chunk_len)))
         yield record
 
 
@@ -84,5 +89,5 @@ def _as_dna(records: Iterable[Record], rna_as_dna: bool, rna: RnaRecords) -> Ite
         if "U" in record.seq or "u" in record.seq:
             rna.add(record.id)
             if rna_as_dna:
-                record = Record(record.id, record.seq.translate(_U_AS_T))
+                record = Record(record.id, record.seq.translate(_U_AS_T), record.title)
         yield record

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,6 +13,7 @@ class Record:
 
     id: str
     seq: str
+    title: str = field(default="", compare=False)  # the header after '>' or '@', right-stripped
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,13 +44,14 @@ def _write_in_blocks(handle: IO[str], pieces: Iterable[str]) -> None:
         handle.write("".join(block))
 
 
-def _wrapped(seq: str) -> str:
+def wrapped(seq: str) -> str:
+    """A sequence in 60-column lines, each ending in a newline (Biopython's FASTA writer)."""
     return "".join(seq[i : i + _LINE_WIDTH] + "\n" for i in range(0, len(seq), _LINE_WIDTH))
 
 
 def write_chunks_fasta(chunks: Iterable[Chunk], handle: IO[str]) -> None:
     """Write chunks as the original's `{prefix}_chunked{cs}.fa` (60-column lines)."""
-    _write_in_blocks(handle, (f">{chunk.id}\n{_wrapped(chunk.seq)}" for chunk in chunks))
+    _write_in_blocks(handle, (f">{chunk.id}\n{wrapped(chunk.seq)}" for chunk in chunks))
 
 
 def write_frames_fasta(frames: Iterable[Frame], nt_handle: IO[str], aa_handle: IO[str]) -> None:
