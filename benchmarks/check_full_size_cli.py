@@ -31,39 +31,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's writers of the released formats
 import bench_engine  # noqa: E402
 import bench_stages  # noqa: E402
 from bench_scaling import keep_monitor_files  # noqa: E402
-from classifier_factory import save_released_classifier  # noqa: E402
-from dnabert_factory import make_dnabert_folder  # noqa: E402
 
-from virnucpro.models.esm2 import ESM2  # noqa: E402
 from virnucpro.layout import HIGHEST_NAME, RESULTS_NAME, STORE_DIRNAME  # noqa: E402
+from virnucpro.models.esm2 import ESM2  # noqa: E402
+from virnucpro.models.formats import (  # noqa: E402
+    make_dnabert_folder,
+    save_fair_esm_checkpoint,
+    save_released_classifier,
+)
 
 DNABERT_COMMIT = "0" * 40
-
-
-def fair_esm_state(esm: ESM2) -> dict[str, torch.Tensor]:
-    """Our module's weights under fair-esm's names and layout (q, k, v apart; inv_freq as
-    floats), fp16 on the CPU, as the released checkpoint stores them."""
-    state = {}
-    for name, tensor in esm.state_dict().items():
-        if ".qkv_proj." in name:
-            for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                state[name.replace("qkv_proj", part)] = piece
-        elif name.endswith("rotary.inv_freq_bits"):
-            state[name.replace("rotary.inv_freq_bits", "rot_emb.inv_freq")] = tensor.view(torch.float32)
-        else:
-            state[name] = tensor
-    return {f"encoder.sentence_encoder.{k}": v.detach().half().cpu() for k, v in state.items()}
 
 
 def write_models(root: Path) -> dict[str, str]:
@@ -74,13 +60,12 @@ def write_models(root: Path) -> dict[str, str]:
     checkpoints.mkdir(parents=True)
     with torch.device("cuda"):
         esm = bench_engine.randomise(ESM2(**bench_engine.ESM_3B), seed=0)
-    config = Namespace(encoder_layers=36, encoder_embed_dim=2560, encoder_attention_heads=40, token_dropout=True)
-    torch.save({"model": fair_esm_state(esm), "cfg": {"model": config}}, checkpoints / "esm2_t36_3B_UR50D.pt")
+    save_fair_esm_checkpoint(esm, checkpoints / "esm2_t36_3B_UR50D.pt")
     del esm
     torch.cuda.empty_cache()
     repo = root / "hf" / "hub" / "models--zhihan1996--DNABERT-S"
     make_dnabert_folder(repo / "snapshots" / DNABERT_COMMIT, hidden=768, layers=12, heads=12,
-                        intermediate=3072, seed=1, tokenizer="real")
+                        intermediate=3072, seed=1, tokenizer=bench_engine.TOKENIZER)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(DNABERT_COMMIT)
     save_released_classifier(root / "virnucpro", input_dim=768 + 2560, hidden_dim=512, seed=2,

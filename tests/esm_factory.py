@@ -1,14 +1,14 @@
-"""Tiny random fair-esm ESM-2 models, saved in the real checkpoint format.
+"""Tiny random fair-esm ESM-2 models: the reference the tests compare virnucpro's ESM-2 with.
 
 The real esm2_t36_3B_UR50D.pt cannot be downloaded here, so tests build small models with the
 same architecture in fair-esm itself (the reference), save them the way the released file is
-laid out (fp16 weights, prefixed keys, a pickled config object, fp16-rounded inv_freq), and
-load them back through virnucpro's loader and through fair-esm's own loader.
+laid out (virnucpro.models.formats.save_fair_esm_checkpoint: fp16 weights, prefixed keys, a
+pickled config object, fp16-rounded inv_freq), and load them back through virnucpro's loader
+and through fair-esm's own loader.
 """
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from pathlib import Path
 
@@ -51,28 +51,6 @@ def _random_values(name: str, param: torch.Tensor, generator: torch.Generator) -
     if param.ndim == 2 and "embed_tokens" not in name:
         return noise * param.shape[1] ** -0.5  # unit-variance outputs for unit-variance inputs
     return noise
-
-
-def save_fair_esm_checkpoint(
-    model: esm.model.esm2.ESM2, path: Path, prefix: str = "encoder.sentence_encoder."
-) -> Path:
-    """torch.save the model as the released file is laid out: fp16 tensors, prefixed keys,
-    LM head under `encoder.`, no contact head (fair-esm ships it in a separate file), and the
-    config as a pickled argparse.Namespace."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if name.startswith("contact_head."):
-            continue
-        key = f"encoder.{name}" if name.startswith("lm_head.") else prefix + name
-        state[key] = tensor.detach().clone().half()
-    config = argparse.Namespace(
-        encoder_layers=model.num_layers,
-        encoder_embed_dim=model.embed_dim,
-        encoder_attention_heads=model.attention_heads,
-        token_dropout=model.token_dropout,
-    )
-    torch.save({"model": state, "cfg": {"model": config}}, path)
-    return Path(path)
 
 
 def load_with_fair_esm(path: Path) -> esm.model.esm2.ESM2:

@@ -153,7 +153,7 @@ def test_corrupt_and_wrong_model_files(tmp_path, capsys, tiny_models):
 
 def test_incompatible_classifier(tmp_path, capsys, tiny_models):
     """The real-size classifier expects 3328 features; tiny encoders give 128."""
-    from classifier_factory import save_released_classifier
+    from virnucpro.models.formats import save_released_classifier
 
     big, _ = save_released_classifier(tmp_path / "clf", input_dim=3328, hidden_dim=8)
     sample = tmp_path / "s.fa"

@@ -6,7 +6,6 @@ truncation explicitly off, and counts that follow from the SPEC (one [UNK] per l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -79,11 +78,6 @@ def test_real_unknown_letters_one_unk_each() -> None:
     # A-C-G-T letters never become [UNK].
     ids, lengths = tokenizer.encode_batch(["ACGT" * 50 + "GGCCTTAA" * 20])
     assert not ids[0, : int(lengths[0])].eq(0).any()
-
-
-@needs_real
-def test_identity_is_sha256_of_file() -> None:
-    assert DnaTokenizer.from_file(REAL).identity() == hashlib.sha256(REAL.read_bytes()).hexdigest()
 
 
 @pytest.fixture()

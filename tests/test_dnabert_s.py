@@ -241,21 +241,21 @@ def test_wrong_shapes_and_missing_keys(tmp_path: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
     config["intermediate_size"] = 96  # weights were written for 128
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match=r"pytorch_model\.bin.*wrong shape.*gated_layers"):
+    with pytest.raises(ModelError, match=r"pytorch_model\.bin.*wrongly shaped.*gated_layers"):
         load_dnabert_s(folder)
 
     folder = make_dnabert_folder(tmp_path / "k")
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     del state["encoder.layer.1.mlp.wo.bias"]
     torch.save(state, folder / "pytorch_model.bin")
-    with pytest.raises(ModelError, match=r"missing: encoder\.layer\.1\.mlp\.wo\.bias"):
+    with pytest.raises(ModelError, match=r"missing tensor.*encoder\.layer\.1\.mlp\.wo\.bias"):
         load_dnabert_s(folder)
 
     folder = make_dnabert_folder(tmp_path / "l", layers=3)
     config = json.loads((folder / "config.json").read_text())
     config["num_hidden_layers"] = 2  # a third layer in the weights means a wrong config
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match=r"unexpected: encoder\.layer\.2\."):
+    with pytest.raises(ModelError, match=r"unexpected tensor.*encoder\.layer\.2\."):
         load_dnabert_s(folder)
 
 

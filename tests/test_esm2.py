@@ -12,9 +12,10 @@ import esm
 import pytest
 import torch
 
-from esm_factory import load_with_fair_esm, make_fair_esm_model, save_fair_esm_checkpoint
+from esm_factory import load_with_fair_esm, make_fair_esm_model
 from virnucpro.models import protein_alphabet as pa
 from virnucpro.models.esm2_loader import load_esm2
+from virnucpro.models.formats import save_fair_esm_checkpoint
 
 # Tolerance for fp32 vs fp32: both sides run the same math in fp32 (eps 1.2e-7) but with a
 # different operation order (fused QKV GEMM, SDPA's softmax/matmul, F.gelu vs the erf formula,
@@ -163,30 +164,28 @@ def test_recomputed_inv_freq_fails_the_tolerance(checkpoint, proteins, reference
     """Shows the tolerance can fail: fp32-recomputed rotary frequencies (what a fresh
     RotaryEmbedding holds) instead of the checkpoint's fp16-rounded ones."""
     model = load_esm2(checkpoint)
-    for layer in model.layers:
-        head_dim = layer.self_attn.head_dim
-        exact = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        layer.self_attn.rotary.set_inv_freq(exact)
+    head_dim = model.layers[0].self_attn.head_dim
+    exact = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    model.rotary.inv_freq_bits.copy_(exact.view(torch.int32))
     err = _max_rel_err(model.pooled(*pa.encode_proteins(proteins)), reference)
     print(f"recomputed inv_freq: max relative error {err:.2e}")
     assert err > REL_TOL
 
 
 def test_inv_freq_is_the_checkpoints(our_model, fair_esm_model):
-    for ours, theirs in zip(our_model.layers, fair_esm_model.layers, strict=True):
-        got = ours.self_attn.rotary.inv_freq
-        assert got.dtype == torch.float32
+    got = our_model.rotary.inv_freq  # one for all layers, which all store the same
+    assert got.dtype == torch.float32
+    for theirs in fair_esm_model.layers:
         assert torch.equal(got, theirs.self_attn.rot_emb.inv_freq)
 
 
 @torch.no_grad()
 def test_bf16_cast_keeps_fp32_rotary(checkpoint, fair_esm_model):
     model = load_esm2(checkpoint)
-    before = [layer.self_attn.rotary.inv_freq.clone() for layer in model.layers]
+    before = model.rotary.inv_freq.clone()
     model = model.to(torch.bfloat16)
     assert model.layers[0].fc1.weight.dtype == torch.bfloat16
-    for layer, exact in zip(model.layers, before, strict=True):
-        assert torch.equal(layer.self_attn.rotary.inv_freq, exact)
+    assert torch.equal(model.rotary.inv_freq, before)
     proteins = _random_proteins([20, 166, 300], seed=11)
     pooled = model.pooled(*pa.encode_proteins(proteins))
     assert pooled.dtype == torch.float32
@@ -196,10 +195,11 @@ def test_bf16_cast_keeps_fp32_rotary(checkpoint, fair_esm_model):
 
 
 @torch.no_grad()
-def test_unpadded_flag_gives_the_same_result(our_model, fair_esm_model):
+def test_a_batch_without_padding_matches_fair_esm(our_model, fair_esm_model):
     proteins = _random_proteins([50, 50, 50], seed=13)
     tokens, lengths = pa.encode_proteins(proteins)
-    pooled = our_model.pooled(tokens, lengths, padded=False)
+    assert not tokens.eq(pa.PAD).any()
+    pooled = our_model.pooled(tokens, lengths)
     assert _max_rel_err(pooled, _reference(fair_esm_model, proteins)) < REL_TOL
 
 

@@ -10,10 +10,12 @@ import esm
 import pytest
 import torch
 
-from esm_factory import load_with_fair_esm, make_fair_esm_model, save_fair_esm_checkpoint
+from esm_factory import load_with_fair_esm, make_fair_esm_model
 from malicious_pickles import CreatesFile
 from virnucpro.errors import ModelError
+from virnucpro.models import demo
 from virnucpro.models.esm2_loader import ESM2_3B_NAME, default_esm2_path, load_esm2
+from virnucpro.models.formats import save_fair_esm_checkpoint
 from virnucpro.models.protein_alphabet import encode_proteins
 
 REL_TOL = 1e-5  # fp32 against fp32 fair-esm; see test_esm2.py for the measured margins
@@ -98,9 +100,7 @@ def test_architecture_and_dtype(checkpoint, fair_model):
     assert all(p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
     half = load_esm2(checkpoint, dtype=torch.bfloat16)
     assert half.layers[0].self_attn.qkv_proj.weight.dtype == torch.bfloat16
-    assert torch.equal(
-        half.layers[1].self_attn.rotary.inv_freq, fair_model.layers[1].self_attn.rot_emb.inv_freq
-    )
+    assert torch.equal(half.rotary.inv_freq, fair_model.layers[1].self_attn.rot_emb.inv_freq)
 
 
 def test_stored_dtype_keeps_the_files_values_exactly(checkpoint):
@@ -127,6 +127,28 @@ def test_stored_dtype_of_a_mixed_file_is_fp32(tmp_path, checkpoint):
     assert all(p.dtype == torch.float32 for p in stored.parameters())
     direct = load_esm2(mixed).state_dict()
     assert all(torch.equal(direct[k], v) for k, v in stored.state_dict().items())
+
+
+def test_our_own_module_written_in_the_released_format(tmp_path):
+    """formats.save_fair_esm_checkpoint on virnucpro's ESM2 (what the full-size benchmarks
+    write): read back unchanged by our loader, and computing what fair-esm computes from it,
+    so q, k and v went to their own names."""
+    model = demo.demo_esm().half()
+    path = save_fair_esm_checkpoint(model, tmp_path / "esm2.pt")
+    loaded = load_esm2(path, dtype=None)
+    expected, got = model.state_dict(), loaded.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in got)
+    # fair-esm's own module, given the file's tensors (it has no LM head, which fair-esm's
+    # loader would insist on).
+    fair = esm.model.esm2.ESM2(num_layers=2, embed_dim=64, attention_heads=4, alphabet="ESM-1b")
+    state = torch.load(path, weights_only=False)["model"]
+    state = {k.removeprefix("encoder.sentence_encoder."): v.float() for k, v in state.items()}
+    missing, unexpected = fair.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith(("lm_head.", "contact_head.")) for k in missing)
+    proteins = _proteins()
+    ours = loaded.float().pooled(*encode_proteins(proteins))
+    assert _max_rel_err(ours, _fair_esm_pooled(fair.eval(), proteins)) < REL_TOL
 
 
 def test_heads_from_shapes_without_config(tmp_path):
@@ -263,6 +285,18 @@ def test_missing_inv_freq(tmp_path, checkpoint):
     del state["encoder.sentence_encoder.layers.0.self_attn.rot_emb.inv_freq"]
     path = _save_model_dict(tmp_path / "no_rotary.pt", state)
     with pytest.raises(ModelError, match="rot_emb.inv_freq"):
+        load_esm2(path)
+
+
+def test_layers_with_different_rotary_frequencies(tmp_path, checkpoint):
+    """The model keeps one rotary table for all layers; a file whose layers disagree (no
+    released one does) is refused rather than computed with the wrong angles."""
+    data = torch.load(checkpoint, weights_only=False)  # with its config: 4 heads of 16
+    key = "encoder.sentence_encoder.layers.1.self_attn.rot_emb.inv_freq"
+    data["model"][key] = data["model"][key] * 1.5
+    path = tmp_path / "rotary.pt"
+    torch.save(data, path)
+    with pytest.raises(ModelError, match=r"rotary.pt stores different rotary frequencies.*layers 0 and 1"):
         load_esm2(path)
 
 

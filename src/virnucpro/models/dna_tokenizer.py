@@ -14,7 +14,6 @@ around it are merged separately.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
@@ -30,27 +29,20 @@ SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # list index = 
 class DnaTokenizer:
     """Encodes DNA strings to right-padded id batches for `DNABertS`."""
 
-    def __init__(self, tokenizer: Tokenizer, identity: str) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         # The file's padding/truncation settings are never what we want (see module doc).
         tokenizer.no_padding()
         tokenizer.no_truncation()
         self._tokenizer = tokenizer
-        self._identity = identity
 
     @classmethod
     def from_file(cls, path: str | Path) -> DnaTokenizer:
         """Load an HF `tokenizer.json`. Raises OSError/ValueError; loaders wrap those."""
-        content = Path(path).read_bytes()
-        tokenizer = Tokenizer.from_str(content.decode("utf-8"))
-        return cls(tokenizer, hashlib.sha256(content).hexdigest())
+        return cls(Tokenizer.from_str(Path(path).read_bytes().decode("utf-8")))
 
     @property
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
-
-    def identity(self) -> str:
-        """sha256 of the tokenizer file's bytes: part of a run's model fingerprint."""
-        return self._identity
 
     def encode_batch(self, seqs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (ids LongTensor[B, T] padded with [PAD]=3, lengths LongTensor[B]).

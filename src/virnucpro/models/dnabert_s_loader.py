@@ -9,18 +9,19 @@ virnucpro's own (dnabert_s.py), and the .bin pickle is read by safe_torch_load.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from virnucpro.errors import ModelError
+from virnucpro.models import caches
 from virnucpro.models.dna_tokenizer import DnaTokenizer
 from virnucpro.models.dnabert_s import DNABertS
-from virnucpro.models.safe_load import safe_torch_load
+from virnucpro.models.safe_load import check_state, read_safetensors, safe_torch_load
 
 DNABERT_S_REPO = "zhihan1996/DNABERT-S"
+_WHAT = "DNABERT-S weights file"
 _HOW_TO_GET = (
     "get it with `virnucpro models download` (on a machine with internet; it fills the "
     "Hugging Face cache), or pass the model folder with --dnabert-model FOLDER"
@@ -33,21 +34,6 @@ _IGNORED_KEYS = {"embeddings.position_ids", "embeddings.token_type_ids"}
 
 # --- finding the folder ------------------------------------------------------------------
 
-def hf_hub_cache_dir() -> Path:
-    """The hub cache huggingface_hub would use, read from the environment NOW.
-
-    huggingface_hub reads HF_HOME / HF_HUB_CACHE once at import; resolving them per call
-    keeps a changed environment (and tests) honest. Same precedence as huggingface_hub.
-    """
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(variable):
-            return Path(os.environ[variable]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
 def find_dnabert_s_folder(explicit: Path | None = None) -> Path:
     """The explicit folder if given, else the cached snapshot of DNABERT-S (offline)."""
     if explicit is not None:
@@ -59,7 +45,7 @@ def find_dnabert_s_folder(explicit: Path | None = None) -> Path:
                 f"tokenizer.json); {_HOW_TO_GET}"
             )
         return folder
-    cache = hf_hub_cache_dir()
+    cache = caches.hf_hub_cache()
     folder = _snapshot_in_cache(cache)
     if folder is None:
         raise ModelError(
@@ -92,7 +78,9 @@ def load_dnabert_s(folder: Path) -> tuple[DNABertS, DnaTokenizer]:
     folder = Path(folder)
     model = DNABertS(**_read_config(folder / "config.json"))
     weights_file, state = _read_weights(folder)
-    _load_state(model, _encoder_keys(state), weights_file)
+    state = _encoder_keys(state)
+    check_state(model, state, weights_file, _WHAT, "its config.json")
+    model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False)
     tokenizer = _read_tokenizer(folder / "tokenizer.json")
     if tokenizer.vocab_size > model.embeddings.word_embeddings.num_embeddings:
@@ -144,28 +132,17 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """model.safetensors if present (no pickle at all), else pytorch_model.bin."""
     safetensors_file = folder / "model.safetensors"
     if safetensors_file.is_file():
-        return safetensors_file, _read_safetensors(safetensors_file)
+        return safetensors_file, read_safetensors(safetensors_file, _WHAT)
     bin_file = folder / "pytorch_model.bin"
     if not bin_file.is_file():
         raise ModelError(f"DNABERT-S weights not found in {folder} (neither model.safetensors "
                          f"nor pytorch_model.bin); {_HOW_TO_GET}")
-    state = safe_torch_load(bin_file, what="DNABERT-S weights", mmap=True)
+    state = safe_torch_load(bin_file, what=_WHAT, mmap=True)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
-        raise ModelError(f"DNABERT-S weights {bin_file} are not a state dict "
-                         "(a mapping of names to tensors)")
+        raise ModelError(f"{_WHAT} {bin_file} is not a state dict (a mapping of names to tensors)")
     return bin_file, state
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file  # deferred: only this path needs it
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise ModelError(f"DNABERT-S weights {path} are not a readable safetensors file: "
-                         f"{exc}") from None
 
 
 def _encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -177,28 +154,6 @@ def _encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         kept[key] = tensor
     return kept
-
-
-def _load_state(model: DNABertS, state: dict[str, torch.Tensor], source: Path) -> None:
-    """load_state_dict, after a check that names every missing, extra or misshapen key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    misshapen = [
-        f"{k} {tuple(state[k].shape)} (config.json implies {tuple(expected[k].shape)})"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    problems = [
-        f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-        for label, items in (("missing", missing), ("unexpected", extra),
-                             ("wrong shape", misshapen))
-        if items
-    ]
-    if problems:
-        raise ModelError(f"DNABERT-S weights {source} do not match its config.json: "
-                         + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
 
 
 def _read_tokenizer(path: Path) -> DnaTokenizer:

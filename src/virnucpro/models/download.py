@@ -1,9 +1,10 @@
 """`virnucpro models download`: fetch the real models into the caches the loaders read.
 
 Needs internet access (compute nodes often have none: run it once on a login node; the
-caches are plain folders you can copy). Every file lands under a temporary name first
-(layout.open_temp) and is renamed only once complete, and the classifier is checked by the safe loader before it is
-kept, so an interrupted download never leaves a file that looks valid.
+caches are plain folders you can copy; caches.py says where they are). Every file lands under
+a temporary name first (layout.open_temp) and is renamed only once complete, and the
+classifier is checked by the safe loader before it is kept, so an interrupted download never
+leaves a file that looks valid.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from virnucpro.config import CHUNK_LENGTHS, MODEL_CHOICES
 from virnucpro.errors import ModelError
 from virnucpro.layout import open_temp, remove_quietly
+from virnucpro.models import caches
 from virnucpro.models.classifier_loader import default_classifier_path, load_classifier
 from virnucpro.models.dnabert_s_loader import DNABERT_S_REPO
 from virnucpro.models.esm2_loader import default_esm2_path
@@ -58,10 +60,12 @@ def download_esm2(log: Callable[[str], None]) -> Path:
 def download_dnabert_s(log: Callable[[str], None]) -> Path:
     from huggingface_hub import snapshot_download
 
-    log(f"downloading DNABERT-S ({DNABERT_S_REPO}) into the Hugging Face cache")
+    cache = caches.hf_hub_cache()  # where the loader will look, whatever huggingface_hub read at import
+    log(f"downloading DNABERT-S ({DNABERT_S_REPO}) into the Hugging Face cache {cache}")
     try:
         folder = snapshot_download(
-            DNABERT_S_REPO, allow_patterns=["config.json", "pytorch_model.bin", "tokenizer.json"]
+            DNABERT_S_REPO, cache_dir=cache,
+            allow_patterns=["config.json", "pytorch_model.bin", "tokenizer.json"],
         )
     except Exception as exc:
         raise ModelError(f"download of {DNABERT_S_REPO} from the Hugging Face hub failed: {exc}") from None

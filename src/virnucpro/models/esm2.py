@@ -8,6 +8,9 @@ contact heads: pre-LayerNorm transformer layers with rotary self-attention, then
     on GPU; softmax accumulates in fp32 there and in the fp32 math path on CPU).
   - Rotary angles are always computed and applied in fp32 from the checkpoint's own inv_freq,
     which is stored as int32 bits so that casting the module to bf16/fp16 cannot round it.
+  - One inv_freq for the whole model, not one per layer: every released checkpoint stores the
+    same values in each layer (the loader refuses one that does not), so the angle table is
+    computed once per forward pass and handed to every layer (as gpt-fast does).
 The module does no I/O: `esm2_loader.load_esm2` builds it from a checkpoint.
 """
 
@@ -29,11 +32,11 @@ MAX_POOLED_RESIDUES = 1024
 _LAYER_NORM_EPS = 1e-5
 
 
-def _standard_inv_freq(head_dim: int) -> torch.Tensor:
+def standard_inv_freq(head_dim: int) -> torch.Tensor:
     """inv_freq as training computed it in fp32 and as the fp16 checkpoint stores it.
 
-    Only the default of a freshly built module (random-weight benchmarks); a loaded model takes
-    the checkpoint's values instead.
+    The default of a freshly built module (random-weight benchmarks, demo models), and what a
+    file without stored values gets; a loaded model otherwise takes the checkpoint's values.
     """
     exact = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     return exact.half().float()
@@ -46,7 +49,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         # Stored as the raw bits of fp32 values in an int32 buffer: Module.to(dtype) / .half()
         # only cast floating-point tensors, so the angles stay exact after the model is cast.
-        bits = _standard_inv_freq(head_dim).view(torch.int32)
+        bits = standard_inv_freq(head_dim).view(torch.int32)
         self.register_buffer("inv_freq_bits", bits)
 
     @property
@@ -58,11 +61,6 @@ class RotaryEmbedding(nn.Module):
         """cos and sin at each packed token's own position, each [N, head_dim], fp32."""
         cos, sin = self.cos_sin(batch.max_len, batch.positions.device)  # each [T, hd]
         return cos[batch.positions], sin[batch.positions]
-
-    @torch.no_grad()
-    def set_inv_freq(self, values: torch.Tensor) -> None:
-        self.inv_freq_bits.copy_(values.to(torch.float32).view(torch.int32))
-        self.version = getattr(self, "version", 0) + 1  # lets ESM2 notice the change
 
     def cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin tables, each [T, head_dim], fp32."""
@@ -141,6 +139,10 @@ def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: 
     return out
 
 
+# cos and sin of the rotary angles, each [T, head_dim] (padded) or [N, head_dim] (packed), fp32.
+CosSin = tuple[torch.Tensor, torch.Tensor]
+
+
 class SelfAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -151,29 +153,27 @@ class SelfAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim)  # rows: q, then k, then v
         self.out_proj = nn.Linear(embed_dim, embed_dim)
-        self.rotary = RotaryEmbedding(self.head_dim)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
+        """x [B, T, D]; key_mask [B, 1, 1, T], True where a key may be attended to."""
         batch, seq_len, embed_dim = x.shape
         qkv = self.qkv_proj(x)  # [B, T, 3D]
         qkv = qkv.view(batch, seq_len, 3, self.num_heads, self.head_dim)  # [B, T, 3, H, hd]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, hd]
         # fair-esm scales q before the rotation; same order, same rounding.
         q = q * self.scaling
-        cos, sin = self.rotary.cos_sin(seq_len, x.device)  # each [T, hd]
+        cos, sin = cos_sin  # each [T, hd]
         q = _apply_rotary(q, cos, sin)
         k = _apply_rotary(k, cos, sin)
-        out = self._attend(q, k, v, key_mask)  # [B, H, T, hd]
+        # softmax(q k^T) v over unmasked keys; q is already scaled.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)  # [B, H, T, hd]
         out = out.transpose(1, 2).reshape(batch, seq_len, embed_dim)  # [B, T, D]
         return self.out_proj(out)
 
-    def forward_packed(
-        self, x: torch.Tensor, batch: PackedBatch, cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """x [N, D] packed tokens; cos_sin: [N, hd] tables when all layers share inv_freq,
-        else computed here from this layer's own."""
+    def forward_packed(self, x: torch.Tensor, batch: PackedBatch, cos_sin: CosSin) -> torch.Tensor:
+        """x [N, D] packed tokens; cos_sin: each [N, hd], at each token's own position."""
         tokens, embed_dim = x.shape
-        cos, sin = cos_sin if cos_sin is not None else self.rotary.packed_cos_sin(batch)
+        cos, sin = cos_sin
         qkv = self.qkv_proj(x).view(tokens, 3, self.num_heads, self.head_dim)  # [N, 3, H, hd]
         q, k, v = qkv.unbind(1)  # each [N, H, hd]
         q = q * self.scaling
@@ -181,13 +181,6 @@ class SelfAttention(nn.Module):
         k = _apply_rotary(k, cos[:, None, :], sin[:, None, :])
         out = _varlen_attention(q, k, v, batch)  # [N, H, hd]
         return self.out_proj(out.reshape(tokens, embed_dim))  # [N, D]
-
-    def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """softmax(q k^T) v over unmasked keys; q is already scaled. Kept apart so a packed
-        (varlen) kernel can replace it."""
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
 
 
 class TransformerLayer(nn.Module):
@@ -201,13 +194,11 @@ class TransformerLayer(nn.Module):
         self.fc1 = nn.Linear(embed_dim, 4 * embed_dim)
         self.fc2 = nn.Linear(4 * embed_dim, embed_dim)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(self.self_attn_layer_norm(x), key_mask)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x), key_mask, cos_sin)
         return x + self._feed_forward(x)
 
-    def forward_packed(
-        self, x: torch.Tensor, batch: PackedBatch, cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def forward_packed(self, x: torch.Tensor, batch: PackedBatch, cos_sin: CosSin) -> torch.Tensor:
         x = x + self.self_attn.forward_packed(self.self_attn_layer_norm(x), batch, cos_sin)
         return x + self._feed_forward(x)
 
@@ -235,13 +226,14 @@ class ESM2(nn.Module):
             TransformerLayer(embed_dim, attention_heads) for _ in range(num_layers)
         )
         self.emb_layer_norm_after = nn.LayerNorm(embed_dim, eps=_LAYER_NORM_EPS)
+        # Built from scratch (random-weight benchmarks, demo models) it holds the standard
+        # values; the loader replaces them with the checkpoint's.
+        self.rotary = RotaryEmbedding(embed_dim // attention_heads)
 
-    def forward(self, tokens: torch.Tensor, *, padded: bool = True) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Last-layer representation after emb_layer_norm_after, [B, T, D].
 
-        tokens: [B, T] right-padded with <pad>. padded=False promises the batch holds no <pad>
-        (exact-length buckets): attention then runs without a mask, which lets SDPA pick its
-        flash kernel. Deciding it here from the tokens would cost a device sync per batch.
+        tokens: [B, T] right-padded with <pad>.
         """
         is_pad = tokens.eq(PAD)  # [B, T]
         x = self.embed_tokens(tokens)  # [B, T, D]
@@ -249,9 +241,10 @@ class ESM2(nn.Module):
             x = self._rescale_for_token_dropout(x, tokens, is_pad)
         x = x.masked_fill(is_pad.unsqueeze(-1), 0.0)
         # SDPA boolean masks say where to attend: [B, 1, 1, T] broadcasts over heads and queries.
-        key_mask = (~is_pad)[:, None, None, :] if padded else None
+        key_mask = (~is_pad)[:, None, None, :]
+        cos_sin = self.rotary.cos_sin(tokens.shape[1], tokens.device)  # once for all layers
         for layer in self.layers:
-            x = layer(x, key_mask)
+            x = layer(x, key_mask, cos_sin)
         return self.emb_layer_norm_after(x)
 
     def _rescale_for_token_dropout(
@@ -265,16 +258,14 @@ class ESM2(nn.Module):
         # Same two roundings, in the same order, as fair-esm: x * 0.88, then / (1 - observed).
         return x * (1 - _TRAIN_MASK_RATIO) / (1 - observed).to(x.dtype)[:, None, None]
 
-    def pooled(
-        self, tokens: torch.Tensor, lengths: torch.Tensor, *, padded: bool = True
-    ) -> torch.Tensor:
+    def pooled(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Mean representation of residues 1..min(L, 1024), fp32 [B, D].
 
         lengths: [B] tokens per protein including <cls> and <eos>, so L = lengths - 2.
         <cls> (position 0), <eos> and padding are excluded, as in the original. An empty
         protein (L = 0) gives NaN, as the original's mean over an empty slice does.
         """
-        hidden = self.forward(tokens, padded=padded).float()  # [B, T, D]
+        hidden = self.forward(tokens).float()  # [B, T, D]
         residues = (lengths.to(hidden.device) - 2).clamp(max=MAX_POOLED_RESIDUES)  # [B]
         positions = torch.arange(tokens.shape[1], device=hidden.device)  # [T]
         keep = (positions >= 1) & (positions <= residues[:, None])  # [B, T]
@@ -293,23 +284,11 @@ class ESM2(nn.Module):
             masks = torch.zeros_like(lengths).index_add_(0, batch.seq_index, is_mask.float())
             observed = (masks / lengths)[batch.seq_index]  # [N]
             x = x * (1 - _TRAIN_MASK_RATIO) / (1 - observed).to(x.dtype)[:, None]
-        # The released checkpoints store the same inv_freq in every layer: then one table of
-        # angles serves all 36 layers instead of being rebuilt in each (measured ~4% of a batch).
-        cos_sin = self.layers[0].self_attn.rotary.packed_cos_sin(batch) if self._rotary_shared() else None
+        # One table of angles for all 36 layers, not rebuilt in each (measured ~4% of a batch).
+        cos_sin = self.rotary.packed_cos_sin(batch)
         for layer in self.layers:
             x = layer.forward_packed(x, batch, cos_sin)
         return self.emb_layer_norm_after(x)
-
-    def _rotary_shared(self) -> bool:
-        """Whether every layer has the same inv_freq; compared again only after a change."""
-        rotaries = [layer.self_attn.rotary for layer in self.layers]
-        versions = tuple(getattr(r, "version", 0) for r in rotaries)
-        cached = getattr(self, "_rotary_shared_cache", None)
-        if cached is None or cached[0] != versions:
-            first = rotaries[0].inv_freq_bits
-            shared = all(torch.equal(r.inv_freq_bits, first) for r in rotaries)
-            self._rotary_shared_cache = (versions, shared)
-        return self._rotary_shared_cache[1]
 
     def pooled_packed(self, batch: PackedBatch) -> torch.Tensor:
         """Mean of residues 1..min(L, 1024) per protein, fp32 [B, D]; same as `pooled`."""

@@ -6,13 +6,12 @@ Formats read:
     `encoder.sentence_encoder.` or `encoder.`, weights fp16. Unpickled by `safe_torch_load`,
     which builds tensors and inert config stand-ins only and never runs code from the file.
   - Hugging Face EsmModel / EsmForMaskedLM weights (.safetensors or .bin), with config.json
-    beside them for the head count.
+    beside them for the head count: esm2_hf.py maps them onto fair-esm's names first.
 Every problem is a ModelError naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,9 +19,11 @@ from typing import Any, Mapping
 import torch
 
 from virnucpro.errors import ModelError
+from virnucpro.models import caches
 from virnucpro.models.esm2 import ESM2
+from virnucpro.models.esm2_hf import from_hugging_face, hf_config, is_hugging_face, with_original_rotary
 from virnucpro.models.protein_alphabet import ALPHABET_SIZE
-from virnucpro.models.safe_load import safe_torch_load
+from virnucpro.models.safe_load import check_state, read_safetensors, safe_torch_load
 
 ESM2_3B_NAME = "esm2_t36_3B_UR50D"
 _WHAT = "ESM-2 checkpoint"
@@ -31,31 +32,20 @@ _FAIR_ESM_PREFIXES = ("encoder.sentence_encoder.", "encoder.")
 # Weights of heads virnucpro does not run; present in the released files, safe to skip.
 _UNUSED_PREFIXES = ("lm_head.", "contact_head.", "pooler.", "embeddings.position_ids")
 _LAYER_INDEX = re.compile(r"^layers\.(\d+)\.")
-_HF_SHARED_INV_FREQ = "<inv_freq shared by all layers>"
 _FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", f"{ESM2_3B_NAME}.pt")
-
-# Hugging Face EsmModel name (after an optional "esm." prefix) -> fair-esm name.
-_HF_RENAMES = (
-    (r"^embeddings\.word_embeddings\.", "embed_tokens."),
-    (r"^encoder\.emb_layer_norm_after\.", "emb_layer_norm_after."),
-    (r"^encoder\.layer\.(\d+)\.attention\.self\.query\.", r"layers.\1.self_attn.q_proj."),
-    (r"^encoder\.layer\.(\d+)\.attention\.self\.key\.", r"layers.\1.self_attn.k_proj."),
-    (r"^encoder\.layer\.(\d+)\.attention\.self\.value\.", r"layers.\1.self_attn.v_proj."),
-    (
-        r"^encoder\.layer\.(\d+)\.attention\.self\.rotary_embeddings\.inv_freq$",
-        r"layers.\1.self_attn.rot_emb.inv_freq",
-    ),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.self_attn.out_proj."),
-    (r"^encoder\.layer\.(\d+)\.attention\.LayerNorm\.", r"layers.\1.self_attn_layer_norm."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.fc1."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.fc2."),
-    (r"^encoder\.layer\.(\d+)\.LayerNorm\.", r"layers.\1.final_layer_norm."),
+_ROTARY = "rotary.inv_freq_bits"  # ESM2's one rotary buffer; fair-esm has one per layer
+_COPIED = ("embed_tokens.weight", "emb_layer_norm_after.weight", "emb_layer_norm_after.bias")
+_COPIED_PER_LAYER = (
+    "self_attn.out_proj.weight", "self_attn.out_proj.bias",
+    "self_attn_layer_norm.weight", "self_attn_layer_norm.bias",
+    "final_layer_norm.weight", "final_layer_norm.bias",
+    "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
 )
 
 
 def default_esm2_path() -> Path:
     """Where fair-esm caches the 3B checkpoint: $TORCH_HOME/hub/checkpoints (~/.cache/torch)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / f"{ESM2_3B_NAME}.pt"
+    return caches.torch_hub_checkpoints() / f"{ESM2_3B_NAME}.pt"
 
 
 def load_esm2(path: Path | str | None = None, *, dtype: torch.dtype | None = torch.float32) -> ESM2:
@@ -71,15 +61,13 @@ def load_esm2(path: Path | str | None = None, *, dtype: torch.dtype | None = tor
     path = _weights_file(default_esm2_path() if path is None else Path(path))
     state, cfg = _read_checkpoint(path)
     _check_all_tensors(state, path)
-    if _is_hugging_face(state):
-        named = _from_hugging_face(state)
-        arch = _architecture(named, cfg, path)
-        named = _with_original_rotary(named, arch)
-    else:
-        named = _from_fair_esm(state)
-        arch = _architecture(named, cfg, path)
-    module_state = _module_state(named, arch, dtype or _stored_dtype(named), path)
-    return _build(arch, module_state)
+    from_hf = is_hugging_face(state)
+    named = _drop_unused(from_hugging_face(state) if from_hf else _strip_fair_esm_prefixes(state))
+    arch = _architecture(named, cfg, path)
+    if from_hf:
+        head_dim = arch["embed_dim"] // arch["attention_heads"]
+        named = with_original_rotary(named, arch["num_layers"], head_dim)
+    return _build(named, arch, dtype or _stored_dtype(named), path)
 
 
 def _stored_dtype(named: Mapping[str, torch.Tensor]) -> torch.dtype:
@@ -123,7 +111,7 @@ def _missing_message(path: Path) -> str:
 def _read_checkpoint(path: Path) -> tuple[Mapping[str, Any], Any]:
     """(state dict, architecture config or None) from any supported file format."""
     if path.suffix == ".safetensors":
-        return _read_safetensors(path), _hf_config(path)
+        return read_safetensors(path, _WHAT), hf_config(path, _WHAT)
     loaded = safe_torch_load(path, what=_WHAT, allow_config_objects=True, mmap=True)
     if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
         cfg = loaded.get("cfg")
@@ -132,39 +120,11 @@ def _read_checkpoint(path: Path) -> tuple[Mapping[str, Any], Any]:
     if isinstance(loaded, Mapping) and loaded and all(
         isinstance(v, torch.Tensor) for v in loaded.values()
     ):
-        return loaded, _hf_config(path)  # a bare state dict, e.g. Hugging Face pytorch_model.bin
+        return loaded, hf_config(path, _WHAT)  # a bare state dict, e.g. Hugging Face pytorch_model.bin
     raise ModelError(
         f"{_WHAT} {path} is not an ESM-2 checkpoint: expected a dict with a 'model' state dict "
         f"(fair-esm format) or a state dict of tensors, found {type(loaded).__name__}"
     )
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{_WHAT} {path} is not a readable safetensors file: {exc}") from None
-
-
-def _hf_config(path: Path) -> dict[str, Any] | None:
-    """config.json beside a Hugging Face weights file, mapped to fair-esm's config names."""
-    config_file = path.parent / "config.json"
-    if not config_file.is_file():
-        return None
-    try:
-        raw = json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{config_file} (config of {_WHAT} {path}) is unreadable: {exc}") from None
-    names = {
-        "encoder_layers": "num_hidden_layers",
-        "encoder_embed_dim": "hidden_size",
-        "encoder_attention_heads": "num_attention_heads",
-        "token_dropout": "token_dropout",
-    }
-    return {ours: raw[theirs] for ours, theirs in names.items() if theirs in raw}
 
 
 def _config_value(cfg: Any, name: str) -> Any:
@@ -199,9 +159,9 @@ def _drop_unused(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in named.items() if not k.startswith(_UNUSED_PREFIXES)}
 
 
-def _from_fair_esm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _strip_fair_esm_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """fair-esm names with the `encoder.sentence_encoder.` / `encoder.` prefix stripped."""
-    return _drop_unused({_strip_fair_esm_prefix(str(k)): v for k, v in state.items()})
+    return {_strip_fair_esm_prefix(str(k)): v for k, v in state.items()}
 
 
 def _strip_fair_esm_prefix(name: str) -> str:
@@ -211,59 +171,24 @@ def _strip_fair_esm_prefix(name: str) -> str:
     return name
 
 
-def _is_hugging_face(state: Mapping[str, Any]) -> bool:
-    return any(str(k).endswith("embeddings.word_embeddings.weight") for k in state)
-
-
-def _from_hugging_face(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face EsmModel names mapped to fair-esm's. Rotary inv_freq is set aside under
-    _HF_SHARED_INV_FREQ when stored once for all layers (transformers 5 writes
-    `encoder.layer.*.attention.self.rotary_embeddings.inv_freq`)."""
+def fair_esm_names(state: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """An ESM2 state dict under fair-esm's names and layout (the inverse of `_module_state`):
+    q, k and v apart, and the one rotary inv_freq, as floats, in every layer. The loader checks
+    a file against it; formats.py writes checkpoints with it."""
     named = {}
-    for key, value in state.items():
-        name = str(key).removeprefix("esm.")
-        if name.startswith("encoder.layer.*.") and name.endswith("rotary_embeddings.inv_freq"):
-            named[_HF_SHARED_INV_FREQ] = value
+    for name, tensor in state.items():
+        if name == _ROTARY:
+            for i in range(num_layers):
+                named[f"layers.{i}.self_attn.rot_emb.inv_freq"] = tensor.view(torch.float32)
+        elif ".qkv_proj." in name:
+            for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
+                named[name.replace("qkv_proj", part)] = piece
         else:
-            named[_hf_name(name)] = value
-    return _drop_unused(named)
-
-
-def _hf_name(name: str) -> str:
-    # transformers 5 saves LayerNorm parameters under their TensorFlow-era names.
-    name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
-    name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
-    for pattern, replacement in _HF_RENAMES:
-        renamed, count = re.subn(pattern, replacement, name)
-        if count:
-            return renamed
-    return name  # left as is: reported as unexpected unless it is an unused head
-
-
-def _with_original_rotary(
-    named: dict[str, torch.Tensor], arch: Mapping[str, Any]
-) -> dict[str, torch.Tensor]:
-    """Give every layer the inv_freq the original (fair-esm) checkpoint holds.
-
-    The fair-esm file stores inv_freq fp16-rounded, and those rounded values are what the
-    original pipeline computes with. Hugging Face files may hold them per layer, once for all
-    layers, or not at all (transformers 5 treats it as recomputable), and a recomputed copy is
-    unrounded fp32. Rounding to fp16 maps a copy of either kind onto the original values; with
-    none stored, the same formula rounded to fp16 gives them.
-    """
-    named = dict(named)
-    shared = named.pop(_HF_SHARED_INV_FREQ, None)
-    head_dim = arch["embed_dim"] // arch["attention_heads"]
-    for i in range(arch["num_layers"]):
-        key = f"layers.{i}.self_attn.rot_emb.inv_freq"
-        stored = named.get(key, shared)
-        if stored is None:
-            stored = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        named[key] = stored.to(torch.float16).to(torch.float32)
+            named[name] = tensor
     return named
 
 
-# --- architecture and checks ----------------------------------------------------------------
+# --- architecture ---------------------------------------------------------------------------
 
 
 def _architecture(named: Mapping[str, torch.Tensor], cfg: Any, path: Path) -> dict[str, Any]:
@@ -308,84 +233,35 @@ def _check_config_agrees(cfg: Any, num_layers: int, dim: int, path: Path) -> Non
             )
 
 
-def _expected_shapes(arch: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """fair-esm name -> shape of every tensor the model needs."""
-    dim = arch["embed_dim"]
-    half_head = dim // arch["attention_heads"] // 2
-    shapes: dict[str, tuple[int, ...]] = {
-        "embed_tokens.weight": (ALPHABET_SIZE, dim),
-        "emb_layer_norm_after.weight": (dim,),
-        "emb_layer_norm_after.bias": (dim,),
-    }
-    for i in range(arch["num_layers"]):
-        layer = f"layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes[f"{layer}self_attn.{proj}.weight"] = (dim, dim)
-            shapes[f"{layer}self_attn.{proj}.bias"] = (dim,)
-        shapes[f"{layer}self_attn.rot_emb.inv_freq"] = (half_head,)
-        for norm in ("self_attn_layer_norm", "final_layer_norm"):
-            shapes[f"{layer}{norm}.weight"] = (dim,)
-            shapes[f"{layer}{norm}.bias"] = (dim,)
-        shapes[f"{layer}fc1.weight"] = (4 * dim, dim)
-        shapes[f"{layer}fc1.bias"] = (4 * dim,)
-        shapes[f"{layer}fc2.weight"] = (dim, 4 * dim)
-        shapes[f"{layer}fc2.bias"] = (dim,)
-    return shapes
-
-
-def _check_tensors(named: Mapping[str, torch.Tensor], arch: Mapping[str, Any], path: Path) -> None:
-    expected = _expected_shapes(arch)
-    problems = []
-    missing = sorted(set(expected) - set(named))
-    unexpected = sorted(set(named) - set(expected))
-    if missing:
-        problems.append(f"{len(missing)} missing tensor(s) ({', '.join(missing[:4])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s) ({', '.join(unexpected[:4])})")
-    wrong = [
-        f"{k} is {tuple(named[k].shape)}, expected {shape}"
-        for k, shape in expected.items()
-        if k in named and tuple(named[k].shape) != shape
-    ]
-    if wrong:
-        problems.append(f"{len(wrong)} wrongly shaped tensor(s) ({'; '.join(wrong[:3])})")
-    if problems:
-        raise ModelError(
-            f"{_WHAT} {path} does not match ESM-2 ({arch['num_layers']} layers, dim "
-            f"{arch['embed_dim']}): {'; '.join(problems)}"
-        )
-
-
 # --- conversion -----------------------------------------------------------------------------
 
 
-def _module_state(
+def _build(
     named: Mapping[str, torch.Tensor], arch: Mapping[str, Any], dtype: torch.dtype, path: Path
+) -> ESM2:
+    """The module, built on the meta device and handed the file's tensors once they are
+    checked against its own state dict (seen under fair-esm's names)."""
+    with torch.device("meta"):
+        model = ESM2(**arch)
+    expected = fair_esm_names(model.state_dict(), arch["num_layers"])
+    against = f"ESM-2 ({arch['num_layers']} layers, dim {arch['embed_dim']})"
+    check_state(expected, named, path, _WHAT, against)
+    model.load_state_dict(_module_state(named, arch["num_layers"], dtype, path), strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def _module_state(
+    named: Mapping[str, torch.Tensor], num_layers: int, dtype: torch.dtype, path: Path
 ) -> dict[str, torch.Tensor]:
     """Our module's state dict: q/k/v fused, everything cast to dtype, inv_freq kept exact."""
-    _check_tensors(named, arch, path)
-    state = {
-        name: named[name].to(dtype)
-        for name in ("embed_tokens.weight", "emb_layer_norm_after.weight", "emb_layer_norm_after.bias")
-    }
-    for i in range(arch["num_layers"]):
-        state.update(_layer_state(named, f"layers.{i}.", dtype, path))
-    return state
-
-
-def _layer_state(
-    named: Mapping[str, torch.Tensor], layer: str, dtype: torch.dtype, path: Path
-) -> dict[str, torch.Tensor]:
-    attn = f"{layer}self_attn."
-    state = {f"{attn}qkv_proj.{p}": _fuse_qkv(named, attn, p, dtype) for p in ("weight", "bias")}
-    state[f"{attn}rotary.inv_freq_bits"] = _inv_freq_bits(named[f"{attn}rot_emb.inv_freq"], layer, path)
-    copied = [
-        "self_attn.out_proj.weight", "self_attn.out_proj.bias",
-        "self_attn_layer_norm.weight", "self_attn_layer_norm.bias",
-        "final_layer_norm.weight", "final_layer_norm.bias",
-        "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
-    ]
-    state.update({f"{layer}{name}": named[f"{layer}{name}"].to(dtype) for name in copied})
+    state = {name: named[name].to(dtype) for name in _COPIED}
+    for i in range(num_layers):
+        layer = f"layers.{i}."
+        attn = f"{layer}self_attn."
+        for part in ("weight", "bias"):
+            state[f"{attn}qkv_proj.{part}"] = _fuse_qkv(named, attn, part, dtype)
+        state.update({f"{layer}{name}": named[f"{layer}{name}"].to(dtype) for name in _COPIED_PER_LAYER})
+    state[_ROTARY] = _shared_inv_freq_bits(named, num_layers, path)
     return state
 
 
@@ -402,16 +278,23 @@ def _fuse_qkv(
     return fused
 
 
-def _inv_freq_bits(inv_freq: torch.Tensor, layer: str, path: Path) -> torch.Tensor:
-    """The checkpoint's inv_freq (fp16-rounded in the real file), widened to fp32 exactly."""
-    values = inv_freq.to(torch.float32)
+def _shared_inv_freq_bits(named: Mapping[str, torch.Tensor], num_layers: int, path: Path) -> torch.Tensor:
+    """The checkpoint's inv_freq (fp16-rounded in the real file), widened to fp32 exactly and
+    kept as int32 bits. ESM2 holds one for all layers, so the layers must agree, as they do in
+    every released file."""
+    per_layer = [_valid_inv_freq(named, f"layers.{i}.", path) for i in range(num_layers)]
+    for i, values in enumerate(per_layer):
+        if not torch.equal(values, per_layer[0]):
+            raise ModelError(
+                f"{_WHAT} {path} stores different rotary frequencies (rot_emb.inv_freq) in "
+                f"layers 0 and {i}; virnucpro computes one set of rotary angles for all layers, "
+                "as every released ESM-2 allows"
+            )
+    return per_layer[0].contiguous().view(torch.int32)
+
+
+def _valid_inv_freq(named: Mapping[str, torch.Tensor], layer: str, path: Path) -> torch.Tensor:
+    values = named[f"{layer}self_attn.rot_emb.inv_freq"].to(torch.float32)
     if not bool(torch.isfinite(values).all()) or not bool((values > 0).all()):
         raise ModelError(f"{_WHAT} {path} has invalid rotary frequencies in {layer}: {values.tolist()}")
-    return values.contiguous().view(torch.int32)
-
-
-def _build(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> ESM2:
-    with torch.device("meta"):
-        model = ESM2(**arch)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    return values

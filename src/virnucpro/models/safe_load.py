@@ -1,4 +1,4 @@
-"""Load torch pickles without executing anything they contain.
+"""Read model files without executing anything they contain, and check what they hold.
 
 `torch.load(weights_only=True)` only rebuilds tensors and plain containers; every other class
 must be on an explicit allow-list. We add two kinds of entries:
@@ -7,6 +7,9 @@ must be on an explicit allow-list. We add two kinds of entries:
     containers) that records what the file says and runs no code of the file's choosing.
 A pickle that names anything else -- os.system, builtins.eval, a class of some other package --
 is refused before a single object is built, with the offending name in the message.
+
+Every loader then checks the tensors it got against the module it builds (`check_state`), so a
+wrong or damaged file is one ModelError naming the file and every tensor that does not fit.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import pickle
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +110,51 @@ def safe_torch_load(
         # with IndexError / KeyError as often as with the errors above.
         raise ModelError(f"{what} {path} is not a readable PyTorch file: "
                          f"{type(exc).__name__}: {exc}") from None
+
+
+def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file, on the CPU (the format holds no code at all)."""
+    from safetensors import SafetensorError  # deferred: only this format needs it
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{what} {path} is not a readable safetensors file: {exc}") from None
+
+
+def check_state(expected: torch.nn.Module | Mapping[str, Any], state: Mapping[str, Any],
+                path: Path, what: str, against: str) -> None:
+    """Raise one ModelError if `state` lacks a tensor, holds one too many, or holds one of the
+    wrong shape, naming the file and the tensors (a few of each kind).
+
+    expected: the module the state is for (built on the meta device, it costs no memory), or
+    {name: tensor or shape}. against: what the file should fit, e.g. "its config.json".
+    """
+    if isinstance(expected, torch.nn.Module):
+        expected = expected.state_dict()
+    shapes = {name: tuple(getattr(value, "shape", value)) for name, value in expected.items()}
+    wrong = [f"{name} is {_shape_of(state[name])}, expected {shape}"
+             for name, shape in shapes.items() if name in state and _shape_of(state[name]) != shape]
+    problems = [
+        _few(items, f"{label} tensor(s)", separator)
+        for label, items, separator in (
+            ("missing", [name for name in shapes if name not in state], ", "),
+            ("unexpected", sorted(set(state) - set(shapes)), ", "),
+            ("wrongly shaped", wrong, "; "),
+        )
+        if items
+    ]
+    if problems:
+        raise ModelError(f"{what} {path} does not match {against}: {'; '.join(problems)}")
+
+
+def _shape_of(value: Any) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
+def _few(items: list[str], label: str, separator: str) -> str:
+    """The count and the first five, as in `2 missing tensor(s) (a, b)`: a 36-layer model can
+    miss hundreds, and the first ones tell what is wrong."""
+    shown = separator.join(items[:5]) + (f"{separator}..." if len(items) > 5 else "")
+    return f"{len(items)} {label} ({shown})"
