@@ -16,26 +16,29 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from virnucpro.config import RunConfig, file_identity, fingerprint_of
+from virnucpro.config import RunConfig, file_identity, fingerprint_of, identity_detail
 from virnucpro.engine.devices import resolve_devices
 from virnucpro.engine.scheduler import DeviceReady, Engine, EngineEvent, Job, JobDone, JobStarted
 from virnucpro.engine.sharding import Shard, plan_shards
 from virnucpro.engine.worker import Task
-from virnucpro.errors import InputError, ModelError, WorkerFailed
-from virnucpro.layout import (EMBEDDINGS_DIRNAME, PLOT_NAME, SEQUENCES_NAME, VIRAL_FASTA_NAME, RunLayout,
+from virnucpro.errors import CheckpointMismatch, InputError, ModelError, WorkerFailed
+from virnucpro.layout import (EMBEDDINGS_DIRNAME, PLOT_NAME, SEQUENCES_NAME, STDIN, VIRAL_FASTA_NAME, RunLayout,
                               prepare_result_dir, remove_created_folder, remove_quietly,
                               remove_stale_temporaries)
 from virnucpro.models.bundle import locate_models
 from virnucpro.monitoring.events import Monitor
+from virnucpro.monitoring.summary import recorded_input
 from virnucpro.predict.precision import Precision, check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
 from virnucpro.stages.calls import CallCounts, CallRule, SequenceCalls
 from virnucpro.stages.embeddings import write_embeddings
 from virnucpro.stages.read import InputState, check_input_opens, check_unique_ids
 from virnucpro.stages.reuse_original import OriginalRun, original_identity
+from virnucpro.stages.stdin import STDIN_LABEL, Spool, spooled_stdin
 from virnucpro.stages.stream import RnaRecords, stream_frames
 from virnucpro.stages.types import Frame
 from virnucpro.stages.write import IntermediateFiles, ResultWriter
@@ -57,21 +60,50 @@ class RunOutcome:
     calls: CallCounts
 
 
-def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
+def run(config: RunConfig, monitor: Monitor, *, restart: bool = False, force: bool = False,
         task_factory: TaskFactory = make_frame_task) -> RunOutcome:
+    """restart: discard a checkpoint store of another run; force: replace the results of
+    another input in the result folder."""
+    if config.reads_stdin:
+        return _run_on_stdin(config, monitor, restart, force, task_factory)
+    return _run(config, monitor, restart, force, task_factory)
+
+
+def _run_on_stdin(config: RunConfig, monitor: Monitor, restart: bool, force: bool,
+                  task_factory: TaskFactory) -> RunOutcome:
+    """`-`: standard input, copied into the result folder (stdin_merged/ unless -o) and run
+    on from there; the copy goes whatever happens."""
+    folder = config.result_dir
+    created = prepare_result_dir(folder)
+    try:
+        with spooled_stdin(folder) as spool:
+            spooled = dataclasses.replace(config, input=spool.path, input_name=STDIN)
+            return _run(spooled, monitor, restart, force, task_factory, stdin=spool)
+    except BaseException:
+        remove_created_folder(folder, created)
+        raise
+
+
+def _run(config: RunConfig, monitor: Monitor, restart: bool, force: bool, task_factory: TaskFactory,
+         stdin: Spool | None = None) -> RunOutcome:
     start = time.perf_counter()
     layout = config.layout
     with monitor.stage("check input"):
         input_stat = InputState.stat_of(config.input) if config.input.is_file() else None
-        check_input_opens(config.input)
+        _hint_chunk_length(config, check_input_opens(config.input), monitor)
+    # Whose results the folder will hold: a path names a file; standard input, its content.
+    source = stdin.identity if stdin else str(config.input.resolve())
+    _refuse_another_input(layout.result_dir, source, force, monitor)
     devices = resolve_devices(config.devices)
     check_one_device_kind(devices, config.precision, config.reference)
+    threads = config.threads or torch.get_num_threads()
     # What the results will depend on, known before any model loads: a resume that cannot
     # be is refused at once, naming what differs.
     models = locate_models(config.models, config.chunk_len, config.demo).identity()
     parameters = config.fingerprint_parameters(
-        models, file_identity(config.input), Precision.resolve(config.precision, devices[0], config.reference).name,
-        original_identity(layout.original_run))
+        models, stdin.identity if stdin else file_identity(config.input),
+        Precision.resolve(config.precision, devices[0], config.reference).name,
+        original_identity(layout.original_run), threads if devices[0].type == "cpu" else None)
     created = prepare_result_dir(layout.result_dir)  # before loading gigabytes of models
     try:
         with RunLock(layout.lock):
@@ -79,7 +111,8 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
             if stored and config.batch_tokens is None and stored.get("batch_tokens"):
                 # the batches of the stored shards, whatever this device would choose
                 config = dataclasses.replace(config, batch_tokens=stored["batch_tokens"])
-            outcome = _run_locked(config, layout, monitor, restart, task_factory, devices, parameters, input_stat)
+            outcome = _run_locked(config, layout, monitor, restart, task_factory, devices, parameters, input_stat,
+                                  _Started(source, threads))
             seconds = time.perf_counter() - start
             monitor.emit("run_finished", frames=outcome.frames, seconds=seconds)  # summary, report
     except BaseException:
@@ -88,6 +121,42 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
     return RunOutcome(str(layout.result_dir), outcome.frames, outcome.shards, outcome.resumed, seconds,
                       ", ".join(str(d) for d in devices), outcome.info.dtype, outcome.info.demo_models,
                       outcome.calls)
+
+
+SHORT_READ = 300  # bp: shorter records are one short chunk for either model
+
+
+def _hint_chunk_length(config: RunConfig, lengths: list[int], monitor: Monitor) -> None:
+    """-m 500 on short reads: each is a single chunk far shorter than the 500 bp the model
+    saw; the 300 bp model fits them better. Judged on the first records only."""
+    short = sum(length < SHORT_READ for length in lengths)
+    if config.chunk_len == 500 and short > len(lengths) / 2:
+        monitor.warn(f"{short:,} of the first {len(lengths):,} records of {config.input_label} are shorter than "
+                     f"{SHORT_READ} bp: -m 300 (the model for 300 bp chunks) suits short reads better than -m 500")
+
+
+def _refuse_another_input(folder: Path, source: str, force: bool, monitor: Monitor) -> None:
+    """A run never silently replaces the results of another input: the folder's
+    run_summary.json names the input they are of. Results without one (the original's, or
+    an older virnucpro's) cannot tell, and are replaced as before."""
+    earlier = recorded_input(folder)
+    if earlier is None or earlier == source:
+        return
+    if not force:
+        raise CheckpointMismatch(
+            f"{folder} holds the results of another input, {_shown(earlier)}; this run's input is "
+            f"{_shown(source)}. Give another output folder (-o DIR), or --force to replace them")
+    monitor.warn(f"replacing the results of {_shown(earlier)} in {folder} (--force)")
+
+
+def _shown(source: str) -> str:
+    return identity_detail(source) if source.startswith(f"{STDIN_LABEL}|") else source
+
+
+@dataclass(frozen=True)
+class _Started:
+    source: str  # the input the results are of (run_summary.json's input_source)
+    threads: int  # CPU threads of the workers
 
 
 @dataclass
@@ -101,10 +170,11 @@ class _Done:
 
 def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart: bool,
                 task_factory: TaskFactory, devices: list[torch.device], parameters: dict,
-                input_stat: tuple) -> _Done:
+                input_stat: tuple, started_as: _Started) -> _Done:
     events = _EngineEvents(monitor)
     # Each device's worker loads the models itself, once; the parent never touches a GPU.
-    with Engine(functools.partial(task_factory, config), devices, on_event=events, warn=monitor.warn) as engine:
+    with Engine(functools.partial(task_factory, config), devices, on_event=events, warn=monitor.warn,
+                cpu_threads=started_as.threads) as engine:
         engine.launch()
         # The id check reads the whole input: on a large file it takes about as long as the
         # models take to load, so it runs meanwhile. A duplicate still stops the run before
@@ -125,7 +195,8 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
         original = OriginalRun(layout.original_run, info.feature_dims, monitor.warn)
         monitor.info(f"predicting on {', '.join(str(d) for d in devices)} in {info.dtype}"
                      + (" (reference path)" if config.reference else ""))
-        monitor.emit("run_started", input=str(config.input), result_dir=str(layout.result_dir),
+        monitor.emit("run_started", input=config.input_label, input_source=started_as.source,
+                     result_dir=str(layout.result_dir),
                      devices=[str(d) for d in devices], dtype=info.dtype,
                      parameters=config.describe(), models=dict(info.identity))
         try:
@@ -148,7 +219,7 @@ def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, store: Shard
     asked, and drop the checkpoints."""
     monitor.emit("sequences_called", **done.calls.as_dict())
     if done.frames == 0:
-        monitor.warn(f"{config.input}: no chunk has a stop-free reading frame; the result files hold headers only")
+        monitor.warn(f"{config.input_label}: no chunk has a stop-free reading frame; the result files hold headers only")
     if original.reused:
         monitor.info(f"reused the embeddings of {original.reused:,} frames from the original VirNucPro's files")
     if config.save_embeddings:
@@ -170,7 +241,7 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
         frames = stream_frames(
             config.input, config.chunk_len, files, rna_as_dna=config.rna_as_dna, started=started, index=calls.index,
             on_rna=lambda rna: _warn_rna(config, monitor, rna),
-            on_empty=lambda record: monitor.warn(f"{config.input}: record {record!r} is empty and was skipped"),
+            on_empty=lambda record: monitor.warn(f"{config.input_label}: record {record!r} is empty and was skipped"),
             on_progress=lambda read, total, frames, seconds: monitor.emit(
                 "input_progress", bytes_read=read, bytes_total=total, frames=frames, seconds=seconds))
         if layout.original_run.exists():
@@ -191,9 +262,9 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
 def _warn_rna(config: RunConfig, monitor: Monitor, rna: RnaRecords) -> None:
     names = ", ".join(rna.first) + (" ..." if rna.count > len(rna.first) else "")
     if config.rna_as_dna:
-        monitor.info(f"{config.input}: read U as T in {rna.count:,} record(s) ({names}), as --rna-as-dna asks")
+        monitor.info(f"{config.input_label}: read U as T in {rna.count:,} record(s) ({names}), as --rna-as-dna asks")
         return
-    monitor.warn(f"{config.input}: {rna.count:,} record(s) hold U, as RNA does ({names}); like the original "
+    monitor.warn(f"{config.input_label}: {rna.count:,} record(s) hold U, as RNA does ({names}); like the original "
                  "VirNucPro, every codon holding a U is dropped, so their frames rarely show a stop and "
                  "most are kept: their calls mean little. Rerun with --rna-as-dna to read U as T")
 

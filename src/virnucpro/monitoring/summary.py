@@ -152,6 +152,7 @@ class RunRecorder:
             "host": platform.node(),
             "command": sys.argv[1:],
             "input": s.get("input"),
+            "input_source": s.get("input_source"),  # the input's resolved path; standard input: its content hash
             "result_dir": s.get("result_dir"),
             "parameters": s.get("parameters", {}),
             "devices": s.get("devices", []),
@@ -178,6 +179,17 @@ class RunRecorder:
                           json.dumps(self.summary, indent=2) + "\n", fsync=False)
         for line in human_summary(self.summary):
             log.info(line)
+
+
+def recorded_input(result_dir: Path) -> str | None:
+    """The input the results in `result_dir` are of (run_summary.json's input_source); None
+    when there is no summary or it does not say (the original's results, an older run's)."""
+    try:
+        summary = json.loads((Path(result_dir) / SUMMARY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    source = summary.get("input_source") if isinstance(summary, dict) else None
+    return source if isinstance(source, str) else None
 
 
 def human_summary(summary: dict) -> list[str]:

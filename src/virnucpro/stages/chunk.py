@@ -12,22 +12,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
+from virnucpro.layout import chunk_starts  # the arithmetic, shared with the report's drawing
 from virnucpro.stages.types import Chunk, Record
 
-
-def chunk_starts(length: int, chunk_len: int) -> list[int]:
-    """Start offsets of the chunks of a sequence of `length` bases ([] when length is 0)."""
-    if chunk_len <= 0:
-        raise ValueError(f"chunk length must be positive, got {chunk_len}")
-    if length <= 0:
-        return []
-    n = -(-length // chunk_len)  # ceil without floats
-    remainder = n * chunk_len - length
-    lo = remainder // n
-    up = lo + 1
-    need = remainder - lo * (n - 1)
-    # sum(gaps[:i]) in closed form: the first `need` gaps are `up`, the rest `lo`.
-    return [i * chunk_len - (up * min(i, need) + lo * max(0, i - need)) for i in range(n)]
+__all__ = ["chunk_record", "chunk_starts", "iter_chunks"]
 
 
 def chunk_record(record: Record, chunk_len: int) -> list[Chunk]:
