@@ -1,12 +1,14 @@
 """The whole run on one screen.
 
-  check the input opens -> one worker per device loads the models, while the input's ids are
+  [standard input copied into the result folder]
+  check the input opens (its first records: hints) -> the result folder holds no other input's
+     results -> one worker per device loads the models, while the input's ids are
      checked for duplicates -> open the checkpoint store (fingerprint of input, parameters,
      models)
   records -> chunks -> frames (streamed; intermediates written on the way)
   -> shards of ~equal cost -> each shard: from the store, or run by a worker and stored
      (with the original VirNucPro's embeddings for the frames its files cover)
-  -> result tables in input order [-> embeddings/] -> store discarded
+  -> result tables in input order, per-sequence calls [-> embeddings/] -> store discarded
 """
 
 from __future__ import annotations
@@ -16,29 +18,29 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from virnucpro.config import RunConfig, file_identity, fingerprint_of, identity_detail
+from virnucpro.config import RunConfig, file_identity, fingerprint_of
 from virnucpro.engine.devices import resolve_devices
 from virnucpro.engine.scheduler import DeviceReady, Engine, EngineEvent, Job, JobDone, JobStarted
 from virnucpro.engine.sharding import Shard, plan_shards
 from virnucpro.engine.worker import Task
-from virnucpro.errors import CheckpointMismatch, InputError, ModelError, WorkerFailed
+from virnucpro.errors import InputError, ModelError, WorkerFailed
 from virnucpro.layout import (EMBEDDINGS_DIRNAME, PLOT_NAME, SEQUENCES_NAME, STDIN, VIRAL_FASTA_NAME, RunLayout,
                               prepare_result_dir, remove_created_folder, remove_quietly,
                               remove_stale_temporaries)
 from virnucpro.models.bundle import locate_models
 from virnucpro.monitoring.events import Monitor
-from virnucpro.monitoring.summary import recorded_input
+from virnucpro.monitoring.summary import refuse_another_input
 from virnucpro.predict.precision import Precision, check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
 from virnucpro.stages.calls import CallCounts, CallRule, SequenceCalls
 from virnucpro.stages.embeddings import write_embeddings
 from virnucpro.stages.read import InputState, check_input_opens, check_unique_ids
 from virnucpro.stages.reuse_original import OriginalRun, original_identity
-from virnucpro.stages.stdin import STDIN_LABEL, Spool, spooled_stdin
+from virnucpro.stages.chunk import chunk_length_hint
+from virnucpro.stages.stdin import Spool, spooled_stdin
 from virnucpro.stages.stream import RnaRecords, stream_frames
 from virnucpro.stages.types import Frame
 from virnucpro.stages.write import IntermediateFiles, ResultWriter
@@ -90,10 +92,11 @@ def _run(config: RunConfig, monitor: Monitor, restart: bool, force: bool, task_f
     layout = config.layout
     with monitor.stage("check input"):
         input_stat = InputState.stat_of(config.input) if config.input.is_file() else None
-        _hint_chunk_length(config, check_input_opens(config.input), monitor)
+        if hint := chunk_length_hint(check_input_opens(config.input), config.chunk_len, config.input_label):
+            monitor.warn(hint)
     # Whose results the folder will hold: a path names a file; standard input, its content.
     source = stdin.identity if stdin else str(config.input.resolve())
-    _refuse_another_input(layout.result_dir, source, force, monitor)
+    refuse_another_input(layout.result_dir, source, force=force, warn=monitor.warn)
     devices = resolve_devices(config.devices)
     check_one_device_kind(devices, config.precision, config.reference)
     threads = config.threads or torch.get_num_threads()
@@ -121,36 +124,6 @@ def _run(config: RunConfig, monitor: Monitor, restart: bool, force: bool, task_f
     return RunOutcome(str(layout.result_dir), outcome.frames, outcome.shards, outcome.resumed, seconds,
                       ", ".join(str(d) for d in devices), outcome.info.dtype, outcome.info.demo_models,
                       outcome.calls)
-
-
-SHORT_READ = 300  # bp: shorter records are one short chunk for either model
-
-
-def _hint_chunk_length(config: RunConfig, lengths: list[int], monitor: Monitor) -> None:
-    """-m 500 on short reads: each is a single chunk far shorter than the 500 bp the model
-    saw; the 300 bp model fits them better. Judged on the first records only."""
-    short = sum(length < SHORT_READ for length in lengths)
-    if config.chunk_len == 500 and short > len(lengths) / 2:
-        monitor.warn(f"{short:,} of the first {len(lengths):,} records of {config.input_label} are shorter than "
-                     f"{SHORT_READ} bp: -m 300 (the model for 300 bp chunks) suits short reads better than -m 500")
-
-
-def _refuse_another_input(folder: Path, source: str, force: bool, monitor: Monitor) -> None:
-    """A run never silently replaces the results of another input: the folder's
-    run_summary.json names the input they are of. Results without one (the original's, or
-    an older virnucpro's) cannot tell, and are replaced as before."""
-    earlier = recorded_input(folder)
-    if earlier is None or earlier == source:
-        return
-    if not force:
-        raise CheckpointMismatch(
-            f"{folder} holds the results of another input, {_shown(earlier)}; this run's input is "
-            f"{_shown(source)}. Give another output folder (-o DIR), or --force to replace them")
-    monitor.warn(f"replacing the results of {_shown(earlier)} in {folder} (--force)")
-
-
-def _shown(source: str) -> str:
-    return identity_detail(source) if source.startswith(f"{STDIN_LABEL}|") else source
 
 
 @dataclass(frozen=True)

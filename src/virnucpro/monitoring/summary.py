@@ -11,9 +11,12 @@ import logging
 import platform
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from virnucpro import __version__
+from virnucpro.config import identity_detail
+from virnucpro.errors import CheckpointMismatch
 from virnucpro.layout import SUMMARY_NAME, write_text_atomic
 from virnucpro.monitoring.events import Event, Monitor
 from virnucpro.monitoring.workers import WorkerWatch
@@ -179,6 +182,26 @@ class RunRecorder:
                           json.dumps(self.summary, indent=2) + "\n", fsync=False)
         for line in human_summary(self.summary):
             log.info(line)
+
+
+def refuse_another_input(result_dir: Path, source: str, *, force: bool, warn: Callable[[str], None]) -> None:
+    """A run never silently replaces the results of another input: `result_dir`'s
+    run_summary.json names the input they are of (its input_source: a resolved path, or
+    standard input's content hash). Results without one (the original's, an older
+    virnucpro's) cannot tell, and are replaced as before. force: replace them, with a warning."""
+    earlier = recorded_input(result_dir)
+    if earlier is None or earlier == source:
+        return
+    if not force:
+        raise CheckpointMismatch(
+            f"{result_dir} holds the results of another input, {_source_shown(earlier)}; this run's input is "
+            f"{_source_shown(source)}. Give another output folder (-o DIR), or --force to replace them")
+    warn(f"replacing the results of {_source_shown(earlier)} in {result_dir} (--force)")
+
+
+def _source_shown(source: str) -> str:
+    """A path as it is; standard input's 'standard input|sha256:...' as a person reads it."""
+    return identity_detail(source) if "|" in source else source
 
 
 def recorded_input(result_dir: Path) -> str | None:
