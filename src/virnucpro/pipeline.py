@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -33,7 +34,7 @@ from virnucpro.monitoring.events import Monitor
 from virnucpro.predict.precision import Precision, check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
 from virnucpro.stages.calls import CallCounts, CallRule, SequenceCalls
-from virnucpro.stages.embeddings import write_embeddings
+from virnucpro.stages.embeddings import EmbeddingsWriter
 from virnucpro.stages.read import InputState, check_input_opens, check_unique_ids
 from virnucpro.stages.reuse_original import OriginalRun, original_identity
 from virnucpro.stages.stream import RnaRecords, stream_frames
@@ -152,8 +153,7 @@ def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, store: Shard
     if original.reused:
         monitor.info(f"reused the embeddings of {original.reused:,} frames from the original VirNucPro's files")
     if config.save_embeddings:
-        folder = write_embeddings(layout.result_dir, store, done.shards, done.frames, done.info.feature_dims)
-        monitor.info(f"embeddings written to {folder}/")
+        monitor.info(f"embeddings written to {layout.result(EMBEDDINGS_DIRNAME)}/")
     # Files an earlier run left that would now sit beside results they do not describe.
     for stale in ([] if config.save_embeddings else [EMBEDDINGS_DIRNAME]) + [PLOT_NAME]:
         remove_quietly(layout.result(stale))
@@ -165,8 +165,10 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
     """Frames -> shards -> engine -> result tables, in input order."""
     intermediates = layout.intermediates() if config.keep_intermediate else None
     rule = CallRule(config.min_virus_fraction, config.threshold)
+    embeddings = (EmbeddingsWriter(layout.result_dir, done.info.feature_dims) if config.save_embeddings
+                  else contextlib.nullcontext())
     with IntermediateFiles(intermediates) as files, ResultWriter(layout.result_dir) as writer, \
-            SequenceCalls(layout.result_dir, rule) as calls:
+            SequenceCalls(layout.result_dir, rule) as calls, embeddings:
         frames = stream_frames(
             config.input, config.chunk_len, files, rna_as_dna=config.rna_as_dna, started=started, index=calls.index,
             on_rna=lambda rna: _warn_rna(config, monitor, rna),
@@ -181,6 +183,8 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
         for _, result in engine.run(jobs):
             writer.add(result.ids, result.score1, result.score2)
             calls.add(result.ids, result.score1, result.score2)
+            if config.save_embeddings:
+                embeddings.add(result.ids, result.dna_embeddings, result.protein_embeddings)
             done.frames += len(result.ids)
             done.shards += 1
         writer.close()  # the original's two files first: the per-sequence files come after them
