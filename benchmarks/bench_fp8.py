@@ -34,12 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_engine  # noqa: E402
 
 from virnucpro.models.dna_tokenizer import DnaTokenizer  # noqa: E402
+from virnucpro.predict import fp8 as fp8_module  # noqa: E402
 from virnucpro.predict.fp8 import FP8, FP8_MAX  # noqa: E402
 from virnucpro.predict.placement import place_predictor  # noqa: E402
 from virnucpro.predict.precision import Precision  # noqa: E402
 
 GATES = {"cosine_median": 0.999, "cosine_min": 0.99, "score_diff_p99": 0.01}
-FP8_VARIANTS = {"fp8": (), "fp8_keep_out_fc2": ("out_proj", "fc2")}
+FP8_VARIANTS = {"fp8": (), "fp8_keep_fc2": ("fc2",), "fp8_keep_out_fc2": ("out_proj", "fc2"),
+                "fp8_ffn_only": ("qkv_proj", "out_proj")}
 OUTLIER_CHANNELS = 6
 
 
@@ -61,6 +63,20 @@ def fp8_matmul_rate() -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return 2 * 8192**3 / float(np.median(times)) / 1e12
+
+
+def rows_need_padding() -> bool:
+    """Whether this GPU's row-scaled fp8 product refuses a row count that is not a multiple
+    of 16 (then every packed batch is padded: a copy per linear layer)."""
+    a = torch.randn(37, 64, device="cuda").to(FP8)
+    b = torch.randn(48, 64, device="cuda").to(FP8)
+    try:
+        torch._scaled_mm(a, b.t(), scale_a=torch.ones(37, 1, device="cuda"),
+                         scale_b=torch.ones(1, 48, device="cuda"), out_dtype=torch.bfloat16)
+        torch.cuda.synchronize()
+        return False
+    except RuntimeError:
+        return True
 
 
 def with_outliers(bundle, seed: int = 7):
@@ -164,11 +180,16 @@ def main() -> None:
     ap.add_argument("--reads-frames", type=int, default=14_000)
     ap.add_argument("--contigs-frames", type=int, default=6_000)
     ap.add_argument("--stress-frames", type=int, default=4_000)
+    ap.add_argument("--variants", default=",".join(FP8_VARIANTS), help="fp8 variants to run")
     args = ap.parse_args()
+    for name in set(FP8_VARIANTS) - set(args.variants.split(",")):
+        del FP8_VARIANTS[name]
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0), "gates": GATES, "fp8_max": FP8_MAX}
     report["bf16_matmul_tflops"] = round(bench_engine.matmul_rate(), 1)
     report["fp8_matmul_tflops"] = round(fp8_matmul_rate(), 1)
+    report["fp8_rows_need_padding"] = rows_need_padding()
+    fp8_module.ROW_MULTIPLE = 16 if report["fp8_rows_need_padding"] else 1
     print("matmul", report["bf16_matmul_tflops"], report["fp8_matmul_tflops"], flush=True)
     bundle = bench_engine.full_size_bundle(DnaTokenizer.from_file(bench_engine.TOKENIZER))
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,8 +27,9 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
 MIN_CAPABILITY = (8, 9)  # Ada (sm_89) and Hopper (sm_90) have fp8 tensor cores
 LINEARS = ("qkv_proj", "out_proj", "fc1", "fc2")  # the four GEMMs of an ESM-2 layer
-# Rows of an fp8 product come in multiples of 16: a batch of packed tokens is padded to one.
-_ROW_MULTIPLE = 16
+# Rows of an fp8 product in multiples of this: a batch of packed tokens is padded to one
+# (1: no padding, where the library takes any row count; benchmarks/bench_fp8.py checks).
+ROW_MULTIPLE = 16
 
 
 class Fp8Linear(nn.Module):
@@ -54,7 +55,7 @@ class Fp8Linear(nn.Module):
         if x.dim() != 2:  # [..., in] -> [M, in] and back
             return self.forward(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
         rows = x.shape[0]  # packed tokens
-        pad = (-rows) % _ROW_MULTIPLE
+        pad = (-rows) % ROW_MULTIPLE
         x32 = x.float()
         scale = x32.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # [M, 1]
         x_fp8 = (x32 / scale).to(FP8)
