@@ -8,7 +8,7 @@ outlier activation channels (as trained protein language models have).
 Reports, in one process:
   - the matrix-rate probes: dense bf16 and row-scaled fp8 products of 8192^3 (TFLOP/s);
   - per workload (reads: 150 bp reads at -m 300; contigs at -m 500) the ESM-2 tokens/s of the
-    compiled packed path in bf16 and in fp8 (and fp8 keeping out_proj and fc2 in bf16), and
+    compiled packed path in bf16 and in fp8 (and fp8 variants: fast accumulation, some layers kept in bf16), and
     their ratio; the whole predictor's frames/s in each;
   - fidelity against the fp32 path (and against bf16): per-frame cosine of the ESM-2
     embedding (median, min) and |score difference| (p99, max), with the issue's gates
@@ -40,8 +40,9 @@ from virnucpro.predict.placement import place_predictor  # noqa: E402
 from virnucpro.predict.precision import Precision  # noqa: E402
 
 GATES = {"cosine_median": 0.999, "cosine_min": 0.99, "score_diff_p99": 0.01}
-FP8_VARIANTS = {"fp8": (), "fp8_keep_fc2": ("fc2",), "fp8_keep_out_fc2": ("out_proj", "fc2"),
-                "fp8_ffn_only": ("qkv_proj", "out_proj")}
+# name -> (layers kept in bf16, fast accumulation)
+FP8_VARIANTS = {"fp8": ((), False), "fp8_fast_accum": ((), True), "fp8_keep_fc2": (("fc2",), False),
+                "fp8_keep_out_fc2": (("out_proj", "fc2"), False), "fp8_ffn_only": (("qkv_proj", "out_proj"), False)}
 OUTLIER_CHANNELS = 6
 
 
@@ -101,9 +102,10 @@ def with_outliers(bundle, seed: int = 7):
     return stressed
 
 
-def predictor(bundle, name: str, keep=()):
+def predictor(bundle, name: str, variant=((), False)):
     """A placed predictor, as `virnucpro predict` builds it (compiled beside the copy)."""
     device = torch.device("cuda", 0)
+    keep, fp8_module.FAST_ACCUM = variant
     if name == "fp32":
         precision = Precision.resolve("fp32", device)
         return place_predictor(bundle, device, precision).predictor
@@ -140,8 +142,8 @@ def workload(bundle, frames, reference_frames: int, label: str) -> dict:
     _, ref_emb, ref_scores = embed(predictor(bundle, "fp32"), subset, timing=False)
     torch.cuda.empty_cache()
     runs = {}
-    for name, keep in [("bf16", ()), *FP8_VARIANTS.items()]:
-        pred = predictor(bundle, name, keep)
+    for name, variant in [("bf16", ((), False)), *FP8_VARIANTS.items()]:
+        pred = predictor(bundle, name, variant)
         seconds, emb, scores = embed(pred, frames)
         whole = bench_engine.whole_predict(pred, frames, 4000)
         runs[name] = {"esm_tokens_per_s": round(tokens / seconds), "esm_seconds": round(seconds, 3),
@@ -166,8 +168,8 @@ def stress(bundle, frames) -> dict:
     _, ref_emb, ref_scores = embed(predictor(stressed, "fp32"), frames, timing=False)
     torch.cuda.empty_cache()
     out = {}
-    for name, keep in [("bf16", ()), *FP8_VARIANTS.items()]:
-        _, emb, scores = embed(predictor(stressed, name, keep), frames, timing=False)
+    for name, variant in [("bf16", ((), False)), *FP8_VARIANTS.items()]:
+        _, emb, scores = embed(predictor(stressed, name, variant), frames, timing=False)
         out[name] = gates(emb, ref_emb, scores, ref_scores)
         torch.cuda.empty_cache()
         print("stress", name, out[name], flush=True)

@@ -30,6 +30,9 @@ LINEARS = ("qkv_proj", "out_proj", "fc1", "fc2")  # the four GEMMs of an ESM-2 l
 # Rows of an fp8 product in multiples of this: a batch of packed tokens is padded to one
 # (1: no padding, where the library takes any row count; benchmarks/bench_fp8.py checks).
 ROW_MULTIPLE = 16
+# Accumulate in the tensor cores' fast fp8 mode (faster, less exact than fp32 promotion);
+# off by default: fidelity first (benchmarks/bench_fp8.py measures both).
+FAST_ACCUM = False
 
 
 class Fp8Linear(nn.Module):
@@ -63,7 +66,7 @@ class Fp8Linear(nn.Module):
             x_fp8 = F.pad(x_fp8.view(torch.uint8), (0, 0, 0, pad)).view(FP8)
             scale = F.pad(scale, (0, 0, 0, pad), value=1.0)
         y = torch._scaled_mm(x_fp8, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
-                             bias=self.bias, out_dtype=torch.bfloat16)  # [M(+pad), out]
+                             bias=self.bias, out_dtype=torch.bfloat16, use_fast_accum=FAST_ACCUM)  # [M(+pad), out]
         return y[:rows] if pad else y
 
 
