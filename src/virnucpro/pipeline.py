@@ -122,7 +122,8 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
                              f"{parameters['models']}); run again")
         events.store = store = ShardStore(layout.store, fingerprint_of(parameters), restart=restart,
                                           parameters=parameters, facts={"batch_tokens": info.batch_tokens})
-        remove_stale_temporaries(layout.result_dir)
+        for folder in {layout.result_dir, *(p.parent for p in layout.intermediates())}:
+            remove_stale_temporaries(folder)  # of killed runs: results, spools, intermediates
         original = OriginalRun(layout.original_run, info.feature_dims, monitor.warn)
         monitor.info(f"predicting on {', '.join(str(d) for d in devices)} in {info.dtype}"
                      + (" (reference path)" if config.reference else ""))
