@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -36,7 +37,7 @@ from virnucpro.monitoring.summary import refuse_another_input
 from virnucpro.predict.precision import Precision, check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
 from virnucpro.stages.calls import CallCounts, CallRule, SequenceCalls
-from virnucpro.stages.embeddings import write_embeddings
+from virnucpro.stages.embeddings import EmbeddingsWriter
 from virnucpro.stages.read import InputState, check_input_opens, check_unique_ids
 from virnucpro.stages.reuse_original import OriginalRun, original_identity
 from virnucpro.stages.chunk import chunk_length_hint
@@ -164,7 +165,8 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
                              f"{parameters['models']}); run again")
         events.store = store = ShardStore(layout.store, fingerprint_of(parameters), restart=restart,
                                           parameters=parameters, facts={"batch_tokens": info.batch_tokens})
-        remove_stale_temporaries(layout.result_dir)
+        for folder in {layout.result_dir, *(p.parent for p in layout.intermediates())}:
+            remove_stale_temporaries(folder)  # of killed runs: results, spools, intermediates
         original = OriginalRun(layout.original_run, info.feature_dims, monitor.warn)
         monitor.info(f"predicting on {', '.join(str(d) for d in devices)} in {info.dtype}"
                      + (" (reference path)" if config.reference else ""))
@@ -196,8 +198,7 @@ def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, store: Shard
     if original.reused:
         monitor.info(f"reused the embeddings of {original.reused:,} frames from the original VirNucPro's files")
     if config.save_embeddings:
-        folder = write_embeddings(layout.result_dir, store, done.shards, done.frames, done.info.feature_dims)
-        monitor.info(f"embeddings written to {folder}/")
+        monitor.info(f"embeddings written to {layout.result(EMBEDDINGS_DIRNAME)}/")
     # Files an earlier run left that would now sit beside results they do not describe.
     for stale in ([] if config.save_embeddings else [EMBEDDINGS_DIRNAME]) + [PLOT_NAME]:
         remove_quietly(layout.result(stale))
@@ -209,8 +210,10 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
     """Frames -> shards -> engine -> result tables, in input order."""
     intermediates = layout.intermediates() if config.keep_intermediate else None
     rule = CallRule(config.min_virus_fraction, config.threshold)
+    embeddings = (EmbeddingsWriter(layout.result_dir, done.info.feature_dims) if config.save_embeddings
+                  else contextlib.nullcontext())
     with IntermediateFiles(intermediates) as files, ResultWriter(layout.result_dir) as writer, \
-            SequenceCalls(layout.result_dir, rule) as calls:
+            SequenceCalls(layout.result_dir, rule) as calls, embeddings:
         frames = stream_frames(
             config.input, config.chunk_len, files, rna_as_dna=config.rna_as_dna, started=started, index=calls.index,
             on_rna=lambda rna: _warn_rna(config, monitor, rna),
@@ -225,6 +228,8 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, engine: Eng
         for _, result in engine.run(jobs):
             writer.add(result.ids, result.score1, result.score2)
             calls.add(result.ids, result.score1, result.score2)
+            if config.save_embeddings:
+                embeddings.add(result.ids, result.dna_embeddings, result.protein_embeddings)
             done.frames += len(result.ids)
             done.shards += 1
         writer.close()  # the original's two files first: the per-sequence files come after them
