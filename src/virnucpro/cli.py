@@ -277,14 +277,15 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="virnucpro", description="Identify viral DNA with the VirNucPro method, on every GPU.")
+        prog="virnucpro", description="Identify viral DNA with the VirNucPro method, on every GPU.",
+        epilog="`virnucpro predict --help`: its options, examples, output files and exit codes.")
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_predict(sub)
     plot = sub.add_parser("plot", help="draw a finished run's report for named sequences",
-                          description="Write an HTML report (run, GPUs, throughput, scores) whose "
-                          "per-sequence plots show the named sequences.")
-    plot.add_argument("results", type=Path, help="result folder of a finished run")
+                          description="Write the run's HTML report (results, scores, top-scoring "
+                          "sequences, run, GPUs, throughput) with the named sequences drawn chunk by chunk.")
+    plot.add_argument("results", type=Path, metavar="RESULT_DIR", help="result folder of a finished run")
     plot.add_argument("--ids", nargs="+", required=True, metavar="ID", help="sequence ids to draw")
     plot.add_argument("-o", "--output", type=_file_to_write, metavar="FILE",
                       help="HTML file to write (default RESULTS/plot.html)")

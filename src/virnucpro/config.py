@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from virnucpro.errors import InputError
-from virnucpro.layout import STDIN, RunLayout
+from virnucpro.layout import STDIN, STDIN_LABEL, RunLayout
 
 CHUNK_LENGTHS = (300, 500)  # the released classifiers' chunk lengths
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
@@ -81,7 +81,7 @@ class RunConfig:
     def input_label(self) -> str:
         """The input as messages and the run summary name it."""
         name = self.input_name if self.input_name is not None else str(self.input)
-        return "standard input" if name == STDIN else name
+        return STDIN_LABEL if name == STDIN else name
 
     @property
     def layout(self) -> RunLayout:

@@ -28,6 +28,7 @@ from virnucpro.errors import OutputError
 
 STDIN = "-"  # the input argument that reads standard input
 STDIN_PREFIX = "stdin"  # ... whose results go to stdin_merged/ (unless -o)
+STDIN_LABEL = "standard input"  # ... and what messages, the summary and the report call it
 RESULTS_NAME = "prediction_results.txt"  # one row per kept frame (the original's)
 HIGHEST_NAME = "prediction_results_highestscore.csv"  # one row per chunk (the original's)
 SEQUENCES_NAME = "prediction_summary.tsv"  # one row per input record: its call

@@ -17,7 +17,7 @@ from pathlib import Path
 from virnucpro import __version__
 from virnucpro.config import identity_detail
 from virnucpro.errors import CheckpointMismatch
-from virnucpro.layout import SUMMARY_NAME, write_text_atomic
+from virnucpro.layout import STDIN_LABEL, SUMMARY_NAME, write_text_atomic
 from virnucpro.monitoring.events import Event, Monitor
 from virnucpro.monitoring.workers import WorkerWatch
 
@@ -201,7 +201,7 @@ def refuse_another_input(result_dir: Path, source: str, *, force: bool, warn: Ca
 
 def _source_shown(source: str) -> str:
     """A path as it is; standard input's 'standard input|sha256:...' as a person reads it."""
-    return identity_detail(source) if "|" in source else source
+    return identity_detail(source) if source.startswith(f"{STDIN_LABEL}|") else source
 
 
 def recorded_input(result_dir: Path) -> str | None:

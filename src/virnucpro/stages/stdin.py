@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from virnucpro.errors import InputError, OutputError
-from virnucpro.layout import open_temp, remove_quietly
+from virnucpro.layout import STDIN_LABEL, open_temp, remove_quietly
 
-STDIN_LABEL = "standard input"
 _BLOCK = 1 << 20
 
 
@@ -49,7 +48,7 @@ def spooled_stdin(folder: Path, stream: BinaryIO | None = None) -> Iterator[Spoo
 def _standard_input() -> BinaryIO:
     if sys.stdin is None or sys.stdin.isatty():
         # reading would wait for someone to type a FASTA file
-        raise InputError("standard input is a terminal: pipe FASTA/FASTQ into it, "
+        raise InputError(f"{STDIN_LABEL} is a terminal: pipe FASTA/FASTQ into it, "
                          "e.g. zcat reads.fq.gz | virnucpro predict - -m 300")
     return sys.stdin.buffer
 
