@@ -58,3 +58,20 @@ def virnucpro_log(caplog):
     logger.removeHandler(caplog.handler)
     logger.setLevel(level)
     logger.propagate = propagate
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running():
+    """Fail a test that leaves a worker process or a new non-daemon thread behind (tests/leaks.py)."""
+    from leaks import left_running, live_threads
+
+    before = live_threads()
+    yield
+    processes, threads = left_running(before)
+    if not (processes or threads):
+        return
+    message = f"the test left running: {', '.join(map(repr, processes + threads))}"
+    for process in processes:  # stopped here, so that the next test is not blamed for it
+        process.kill()
+        process.join()
+    pytest.fail(message, pytrace=False)

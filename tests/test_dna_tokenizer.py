@@ -1,4 +1,4 @@
-"""DnaTokenizer on the real DNABERT-S tokenizer.json (skipped if absent) and the demo one.
+"""DnaTokenizer on the real DNABERT-S tokenizer.json (found by golden.py) and the demo one.
 
 Oracles: the `tokenizers` library encoding one sequence at a time with padding and
 truncation explicitly off, and counts that follow from the SPEC (one [UNK] per letter).
@@ -16,11 +16,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from dnabert_factory import real_tokenizer_path
+from golden import real_tokenizer
 from virnucpro.models.dna_tokenizer import DnaTokenizer, build_demo_tokenizer
 
-REAL = real_tokenizer_path()
-needs_real = pytest.mark.skipif(REAL is None, reason="real DNABERT-S tokenizer.json absent")
 
 SEQS = ["ACGTACGGTACCATGA" * 5, "A", "", "ACGTNNNNACGT", "GATTACARYKMSWBDHVGATTACA",
         "TTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTT", "ACGU"]
@@ -45,20 +43,20 @@ def _check_batch(tokenizer: DnaTokenizer, path: Path, seqs: list[str]) -> None:
         assert set(row[len(want):]) <= {3}  # right padding with [PAD]
 
 
-@needs_real
 def test_real_batch_matches_library_and_template() -> None:
-    tokenizer = DnaTokenizer.from_file(REAL)
+    real = real_tokenizer()
+    tokenizer = DnaTokenizer.from_file(real)
     assert tokenizer.vocab_size == 4096
-    _check_batch(tokenizer, REAL, SEQS)
+    _check_batch(tokenizer, real, SEQS)
 
 
-@needs_real
 def test_real_padding_and_truncation_are_off() -> None:
     """The file embeds Fixed(2000) padding and truncation at 2000: both must be gone.
     3000 N give 3000 [UNK] (one per letter), so 3002 tokens: truncation would cut to 2000."""
-    settings = json.loads(REAL.read_text())
+    real = real_tokenizer()
+    settings = json.loads(real.read_text())
     assert settings["padding"] and settings["truncation"]["max_length"] == 2000
-    tokenizer = DnaTokenizer.from_file(REAL)
+    tokenizer = DnaTokenizer.from_file(real)
     ids, lengths = tokenizer.encode_batch(["N" * 3000, "ACGT"])
     assert lengths.tolist()[0] == 3002 and ids.shape == (2, 3002)
     assert ids[0, 1:3001].eq(0).all()
@@ -66,10 +64,10 @@ def test_real_padding_and_truncation_are_off() -> None:
     assert short_ids.shape[1] == int(short_lengths[0]) < 10  # no padding to 2000
 
 
-@needs_real
 def test_real_unknown_letters_one_unk_each() -> None:
     """Finding on the real file: every non-ACGT letter is its own [UNK] (runs not fused)."""
-    tokenizer = DnaTokenizer.from_file(REAL)
+    real = real_tokenizer()
+    tokenizer = DnaTokenizer.from_file(real)
     cases = {"ACGTNNNNACGT": 4, "ACGTRYKMACGT": 4, "N": 1, "acgt": 4, "ACGTNACGT": 1,
              "ACG-T": 1, "ACGU": 1}
     ids, lengths = tokenizer.encode_batch(list(cases))
@@ -96,11 +94,15 @@ def test_demo_tokenizer_layout(demo: Path) -> None:
     assert all(letter in vocab for letter in "ACGT")
     assert len(settings["model"]["merges"]) >= 24  # "a few dozen merges"
     assert settings["model"]["type"] == "BPE" and settings["model"]["unk_token"] == "[UNK]"
-    if REAL is not None:  # same pre-tokenisation and template as the real tokenizer
-        real = json.loads(REAL.read_text())
-        assert settings["pre_tokenizer"] == real["pre_tokenizer"]
-        for key in ("single", "special_tokens"):
-            assert settings["post_processor"][key] == real["post_processor"][key]
+
+
+def test_demo_tokenizer_splits_and_wraps_like_the_real_one(demo: Path) -> None:
+    """Same pre-tokenisation and template as the real tokenizer."""
+    real = real_tokenizer()
+    settings, real_settings = json.loads(demo.read_text()), json.loads(real.read_text())
+    assert settings["pre_tokenizer"] == real_settings["pre_tokenizer"]
+    for key in ("single", "special_tokens"):
+        assert settings["post_processor"][key] == real_settings["post_processor"][key]
 
 
 def test_demo_tokenizer_encodes(demo: Path) -> None:

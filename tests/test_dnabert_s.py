@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from malicious_pickles import PAYLOADS, WRITERS, write_pickle
-from dnabert_factory import make_dnabert_folder, read_folder, real_tokenizer_path, shared_file
+from dnabert_factory import make_dnabert_folder, read_folder
 from dnabert_reference import reference_embedding, reference_hidden, reference_slopes
+from golden import golden_case, real_tokenizer
 from virnucpro.errors import ModelError
 from virnucpro.models.dnabert_s import DNABertS, alibi_slopes
 from virnucpro.models.dnabert_s_loader import (
@@ -32,10 +33,6 @@ from virnucpro.models.dnabert_s_loader import (
 
 POOLED_ATOL = 1e-5
 HIDDEN_ATOL = 3e-5
-
-needs_real_tokenizer = pytest.mark.skipif(
-    real_tokenizer_path() is None, reason="real DNABERT-S tokenizer.json not available"
-)
 
 # Frame-like sequences for the demo tokenizer: varied lengths, N runs and IUPAC letters.
 DEMO_SEQS = [
@@ -50,9 +47,7 @@ DEMO_SEQS = [
 
 def _real_frames(limit: int | None = None) -> list[str]:
     """Kept-frame nucleotide sequences from the golden edge cases (N runs, IUPAC, ...)."""
-    path = shared_file("golden/edge_cases/L500/identified_nucleotide.fa")
-    if path is None:
-        pytest.skip("golden edge_cases frames not available")
+    path = golden_case("edge_cases", 500) / "identified_nucleotide.fa"
     seqs = [line.strip() for line in path.read_text().splitlines()
             if line and not line.startswith(">")]
     return seqs[:limit]
@@ -87,8 +82,8 @@ def test_demo_tokenizer_batched_and_single_match_reference(tmp_path: Path) -> No
     _assert_matches_reference(folder, DEMO_SEQS)
 
 
-@needs_real_tokenizer
 def test_real_tokenizer_real_frames_match_reference(tmp_path: Path) -> None:
+    real_tokenizer()  # make_dnabert_folder copies it from there
     folder = make_dnabert_folder(tmp_path / "m", tokenizer="real", seed=2)
     frames = _real_frames()
     assert any("N" in f for f in frames), "the edge cases should include N runs"

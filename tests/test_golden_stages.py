@@ -8,7 +8,9 @@ original (real model scores) at L=500.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,13 @@ import pytest
 from golden import (
     CHUNK_LENGTHS,
     GOLDEN_SETS,
-    LEGACY_DIR,
+    SHARED_GOLDEN_DIR,
+    VENDORED_GOLDEN_DIR,
+    genome,
     golden_case,
+    legacy_run,
     read_score_table,
-    requires_golden,
+    require,
 )
 from virnucpro.stages.chunk import iter_chunks
 from virnucpro.stages.read import read_records
@@ -32,7 +37,6 @@ from virnucpro.stages.write import (
     write_frames_fasta,
 )
 
-pytestmark = requires_golden
 CASES = [(name, length) for name in GOLDEN_SETS for length in CHUNK_LENGTHS]
 
 
@@ -94,30 +98,23 @@ def test_frame_ids_match_scored_ids(name: str, chunk_len: int) -> None:
 LEGACY_INPUTS = ["test_fixed_500bp", "test_with_orfs"]
 
 
-def _legacy(prefix: str) -> Path:
-    source = LEGACY_DIR / f"{prefix}.fa"
-    if not source.is_file():
-        pytest.skip(f"legacy run not found at {LEGACY_DIR}")
-    return source
-
-
 @pytest.mark.parametrize("prefix", LEGACY_INPUTS)
 def test_legacy_run_intermediates(prefix: str) -> None:
-    chunks = _chunks(_legacy(prefix), 500)
-    assert _chunk_fasta(chunks) == (LEGACY_DIR / f"{prefix}_chunked500.fa").read_bytes()
+    legacy = legacy_run()
+    chunks = _chunks(legacy / f"{prefix}.fa", 500)
+    assert _chunk_fasta(chunks) == (legacy / f"{prefix}_chunked500.fa").read_bytes()
     nt, aa = _frame_fastas(select_frames(chunks))
-    assert nt == (LEGACY_DIR / f"{prefix}_identified_nucleotide.fa").read_bytes()
-    assert aa == (LEGACY_DIR / f"{prefix}_identified_protein.faa").read_bytes()
+    assert nt == (legacy / f"{prefix}_identified_nucleotide.fa").read_bytes()
+    assert aa == (legacy / f"{prefix}_identified_protein.faa").read_bytes()
     # Fewer than 10,000 frames: the original's per-split files hold the same records.
-    assert nt == (LEGACY_DIR / f"{prefix}_nucleotide" / "output_1.fa").read_bytes()
-    assert aa == (LEGACY_DIR / f"{prefix}_protein" / "output_1.fa").read_bytes()
+    assert nt == (legacy / f"{prefix}_nucleotide" / "output_1.fa").read_bytes()
+    assert aa == (legacy / f"{prefix}_protein" / "output_1.fa").read_bytes()
 
 
 @pytest.mark.parametrize("prefix", LEGACY_INPUTS)
 def test_legacy_run_result_tables(prefix: str, tmp_path: Path) -> None:
     """Real 500_model.pth scores, as the original printed them, written back identically."""
-    merged = LEGACY_DIR / f"{prefix}_merged"
-    _legacy(prefix)
+    merged = legacy_run() / f"{prefix}_merged"
     ids, score1, score2 = read_score_table(merged / RESULTS_NAME, 0, 2, 3)
     _write_results(tmp_path, ids, score1, score2, batch=1, spill_rows=1_000_000)
     for file_name in (RESULTS_NAME, HIGHEST_NAME):
@@ -128,14 +125,32 @@ def test_example_reads_regenerate_identically() -> None:
     """examples/ecoli_reads150.fa is what examples/make_example_reads.py writes."""
     import importlib.util
 
-    from golden import GENOMES_DIR
-
     repo = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("make_example_reads", repo / "examples" / "make_example_reads.py")
     maker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(maker)
-    if not maker.GENOME.is_file():
-        pytest.skip(f"genome not found at {GENOMES_DIR}")
-    (record,) = read_records(maker.GENOME)
+    (record,) = read_records(genome(maker.GENOME.name))
     text = "".join(maker.example_reads(record.seq.upper(), record.id))
     assert text == (repo / "examples" / "ecoli_reads150.fa").read_text()
+
+
+def _vendored_digests() -> dict[str, str]:
+    """The `sha256  path` lines of the vendored subset's PROVENANCE.md."""
+    text = (VENDORED_GOLDEN_DIR / "PROVENANCE.md").read_text()
+    return {path: digest for digest, path in re.findall(r"^([0-9a-f]{64})  (\S+)$", text, re.M)}
+
+
+def test_vendored_golden_files_are_the_ones_recorded() -> None:
+    """What a clone without ../shared checks against: exactly the files PROVENANCE.md lists."""
+    digests = _vendored_digests()
+    files = sorted(str(p.relative_to(VENDORED_GOLDEN_DIR)) for p in VENDORED_GOLDEN_DIR.rglob("*")
+                   if p.is_file() and p.name != "PROVENANCE.md")
+    assert files == sorted(digests) and len(files) == 14
+    for name, digest in digests.items():
+        assert hashlib.sha256((VENDORED_GOLDEN_DIR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_vendored_golden_files_are_unchanged_copies_of_the_shared_ones() -> None:
+    require(SHARED_GOLDEN_DIR, "the shared golden folder")
+    for name in _vendored_digests():
+        assert (VENDORED_GOLDEN_DIR / name).read_bytes() == (SHARED_GOLDEN_DIR / name).read_bytes(), name

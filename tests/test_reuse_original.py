@@ -19,7 +19,7 @@ from virnucpro.stages.reuse_original import OriginalRun, original_identity, read
 from virnucpro.stages.translate import select_frames
 from virnucpro.stages.types import Frame
 
-from golden import LEGACY_DIR as LEGACY
+from golden import legacy_run
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ecoli_reads150.fa"
 
 
@@ -39,14 +39,15 @@ def frames_of(path: Path, chunk_len: int):
 def test_real_original_files_read_and_matched(tmp_path):
     """The original's DNABERT-S and ESM-2 files, read separately, give exactly the rows of its
     own merged file, and they pair with the frames virnucpro cuts from the same input."""
+    legacy = legacy_run()
     for name in ("test_with_orfs", "test_fixed_500bp"):
         for part in ("nucleotide", "protein"):
-            shutil.copytree(LEGACY / f"{name}_{part}", tmp_path / f"{name}_{part}")
+            shutil.copytree(legacy / f"{name}_{part}", tmp_path / f"{name}_{part}")
         split = read_split(OriginalRunFiles(str(tmp_path / name)), 1, 768)
-        merged = safe_torch_load(LEGACY / f"{name}_merged" / "output_1_merged.pt", what="merged")
+        merged = safe_torch_load(legacy / f"{name}_merged" / "output_1_merged.pt", what="merged")
         assert split.ids == list(merged["ids"])
         np.testing.assert_array_equal(np.concatenate([split.dna, split.protein], 1), merged["data"].numpy())
-        frames = frames_of(LEGACY / f"{name}.fa", 500)
+        frames = frames_of(legacy / f"{name}.fa", 500)
         paired = attach_original(frames, str(tmp_path / name), pytest_fail)
         assert [f.id for f, _ in paired] == split.ids
         assert all(known for _, known in paired)
@@ -142,7 +143,7 @@ def test_original_files_of_another_input_are_ignored(tmp_path, capsys):
 
 def golden_copy(tmp_path: Path, name: str = "test_with_orfs") -> str:
     for part in ("nucleotide", "protein"):
-        shutil.copytree(LEGACY / f"{name}_{part}", tmp_path / f"{name}_{part}")
+        shutil.copytree(legacy_run() / f"{name}_{part}", tmp_path / f"{name}_{part}")
     return str(tmp_path / name)
 
 
@@ -160,7 +161,7 @@ def changed(frame: Frame) -> Frame:
 
 def test_same_ids_over_changed_sequences_are_not_reused(tmp_path):
     prefix = golden_copy(tmp_path)
-    frames = frames_of(LEGACY / "test_with_orfs.fa", 500)
+    frames = frames_of(legacy_run() / "test_with_orfs.fa", 500)
     frames[1] = changed(frames[1])
     paired, warnings = attach_collecting(frames, prefix)
     assert [f.id for f, _ in paired] == [f.id for f in frames]
@@ -173,8 +174,8 @@ def test_same_ids_over_changed_sequences_are_not_reused(tmp_path):
 def test_identified_fasta_vouches_when_the_split_fasta_is_missing(tmp_path):
     prefix = golden_copy(tmp_path)
     Path(f"{prefix}_nucleotide/output_1.fa").unlink()
-    shutil.copy(LEGACY / "test_with_orfs_identified_nucleotide.fa", f"{prefix}_identified_nucleotide.fa")
-    frames = frames_of(LEGACY / "test_with_orfs.fa", 500)
+    shutil.copy(legacy_run() / "test_with_orfs_identified_nucleotide.fa", f"{prefix}_identified_nucleotide.fa")
+    frames = frames_of(legacy_run() / "test_with_orfs.fa", 500)
     paired, warnings = attach_collecting(frames, prefix)
     assert warnings == [] and all(known for _, known in paired)
     frames[-1] = changed(frames[-1])
@@ -187,7 +188,7 @@ def test_identified_fasta_vouches_when_the_split_fasta_is_missing(tmp_path):
 def test_no_record_of_the_sequences_means_no_reuse(tmp_path):
     prefix = golden_copy(tmp_path)
     Path(f"{prefix}_nucleotide/output_1.fa").unlink()
-    paired, warnings = attach_collecting(frames_of(LEGACY / "test_with_orfs.fa", 500), prefix)
+    paired, warnings = attach_collecting(frames_of(legacy_run() / "test_with_orfs.fa", 500), prefix)
     assert not any(known for _, known in paired)
     assert len(warnings) == 1 and "may be stale" in warnings[0] and "output_1_DNABERT_S.pt" in warnings[0]
 
