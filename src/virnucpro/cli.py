@@ -4,6 +4,8 @@ on stderr and a non-zero exit code; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -13,7 +15,7 @@ import threading
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.config import CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, RunConfig
+from virnucpro.config import CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, PartSpec, RunConfig, read_sample_sheet
 from virnucpro.errors import InputError, OutputError, VirnucproError
 from virnucpro.layout import SEQUENCES_NAME, VIRAL_FASTA_NAME
 
@@ -136,7 +138,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "{prefix}_merged/ like the original VirNucPro, where prefix is the input path up to its "
         "first '.fa'. The original's form `predict INPUT 500 500_model.pth` works too.",
     )
-    p.add_argument("input", type=Path, help="FASTA or FASTQ, optionally gzip-compressed")
+    p.add_argument("input", type=Path, nargs="?", help="FASTA or FASTQ, optionally gzip-compressed")
     p.add_argument("positional_len", nargs="?", type=int, metavar="LEN",
                    help="chunk length, positional as in the original (300 or 500)")
     p.add_argument("positional_classifier", nargs="?", type=Path, metavar="MODEL",
@@ -187,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_predict(sub)
+    _add_scale_out(sub, sub.choices["predict"])
     plot = sub.add_parser("plot", help="draw a finished run's report for named sequences",
                           description="Write an HTML report (run, GPUs, throughput, scores) whose "
                           "per-sequence plots show the named sequences.")
@@ -296,6 +299,151 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- scaling out
+# Parts of a run (predict --part), their merge, sample sheets (predict --samples) and the
+# Snakemake workflow that runs them on a cluster.
+
+
+def _part_spec(text: str) -> PartSpec:
+    try:
+        return PartSpec.parse(text)
+    except (ValueError, InputError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_scale_out(sub: argparse._SubParsersAction, predict: argparse.ArgumentParser) -> None:
+    """predict's options for scaling out, and the merge and workflow commands."""
+    group = predict.add_argument_group("scaling out (see also `virnucpro merge` and `virnucpro workflow`)")
+    group.add_argument("--part", type=_part_spec, metavar="K/N",
+                       help="compute only part K of N of the input (every N-th shard of the whole run) into "
+                       "-o PART_DIR, resumable like a whole run; `virnucpro merge` writes the results of all N")
+    group.add_argument("--samples", type=Path, metavar="SHEET",
+                       help="run every sample of a TAB-separated sheet (NAME<TAB>PATH lines, header optional) "
+                       "in one process, the models loaded once; results in OUT/NAME/ (-o OUT, no INPUT)")
+    merge = sub.add_parser(
+        "merge", help="write the results of a run computed in parts (predict --part K/N)",
+        description="Merge the N part folders of one run (any order) into the result files a single "
+        "`virnucpro predict` of the whole input writes, byte for byte. Parts of different runs, a missing, "
+        "repeated or unfinished part are refused before anything is written (exit 2).")
+    merge.add_argument("parts", type=Path, nargs="+", metavar="PART_DIR", help="the folders of predict --part")
+    merge.add_argument("-o", "--output-dir", type=_folder, required=True, help="results folder")
+    merge.add_argument("--report-sequences", type=_number(int, 0, "must be a whole number, 0 or more"),
+                       default=5, metavar="N", help="sequences drawn in report.html (default 5; 0: no report)")
+    merge.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    merge.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    merge.add_argument("--log-file", type=_file_to_write, metavar="FILE", help="also write the log here")
+    workflow = sub.add_parser("workflow", help="a Snakemake workflow: many samples, in parts, on a cluster")
+    wsub = workflow.add_subparsers(dest="workflow_command", required=True, parser_class=_Parser)
+    init = wsub.add_parser("init", help="write the workflow (Snakefile, config.yaml, profiles) to DIR, ready to edit")
+    init.add_argument("dir", type=_folder, metavar="DIR")
+    init.add_argument("--force", action="store_true", help="overwrite the workflow files already in DIR")
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    """predict: one input, one part of it, or every sample of a sheet."""
+    if args.samples is not None:
+        return _predict_samples(args)
+    if args.input is None:
+        raise InputError("predict needs an INPUT file (or --samples SHEET)")
+    if args.part is not None:
+        return _predict_part(args)
+    return _predict(args)
+
+
+@contextlib.contextmanager
+def _monitored(args: argparse.Namespace, *, report: bool = True):
+    """A monitor for one run, with the usual watchers: progress, GPU sampling, run summary
+    and (unless `report` is off) report.html."""
+    from virnucpro.monitoring import MonitorOptions, attach
+    from virnucpro.monitoring.events import Monitor, log_subscriber
+
+    monitor = Monitor()
+    monitor.subscribe(log_subscriber)
+    progress = "off" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
+    sequences = args.report_sequences if report and args.report_sequences > 0 else None
+    session = attach(monitor, MonitorOptions(interval=getattr(args, "monitor_interval", 10.0), progress=progress,
+                                             report_sequences=sequences))
+    try:
+        yield monitor
+    finally:
+        session.close()
+
+
+def _predict_part(args: argparse.Namespace) -> int:
+    from virnucpro import pipeline
+
+    if args.output_dir is None:
+        raise InputError("--part needs -o PART_DIR: the folder `virnucpro merge` reads the part from")
+    if args.keep_intermediate:
+        raise InputError("--keep-intermediate writes files of the whole input: not with --part")
+    config = dataclasses.replace(config_from_args(args), part=args.part)
+    with _monitored(args, report=False) as monitor:  # a part has no result tables to draw
+        outcome = pipeline.run(config, monitor, restart=args.restart)
+    part = outcome.part
+    resumed = f", {outcome.resumed_shards} shard(s) from an earlier run" if outcome.resumed_shards else ""
+    log.info(f"part {part.k}/{part.n}: {outcome.frames:,} of the run's {part.frames:,} frames ({part.part_shards} "
+             f"of {part.shards} shards) in {outcome.seconds:.1f} s on {outcome.device} ({outcome.dtype}){resumed}")
+    log.info(f"kept in {outcome.result_dir}/; once all {part.n} parts are done, "
+             "`virnucpro merge PART_DIR ... -o RESULTS` writes the results")
+    if outcome.demo_models:
+        log.warning("DEMO MODE results: random models, not biologically meaningful")
+    return 0
+
+
+def _predict_samples(args: argparse.Namespace) -> int:
+    from virnucpro import pipeline
+
+    if args.input is not None or args.part is not None:
+        raise InputError("--samples runs the samples of a sheet: give no INPUT and no --part with it")
+    if args.output_dir is None:
+        raise InputError("--samples needs -o OUT: each sample's results go to OUT/NAME/")
+    samples = read_sample_sheet(args.samples)
+    configs = [(sample.name, config_from_args(argparse.Namespace(
+        **{**vars(args), "input": sample.path, "output_dir": args.output_dir / sample.name}))) for sample in samples]
+
+    def monitored(name: str):
+        log.info(f"sample {name} ({[s.name for s in samples].index(name) + 1} of {len(samples)})")
+        return _monitored(args)
+
+    outcomes = pipeline.run_samples(configs, monitored, restart=args.restart)
+    for result in outcomes:
+        for line in closing_lines(result.outcome) if result.outcome else []:
+            log.info(f"sample {result.name}: {line}")
+    failed = [result for result in outcomes if result.error is not None]
+    for result in failed:
+        print(f"virnucpro: error: sample {result.name}: {result.error}", file=sys.stderr)
+    if failed:
+        print(f"virnucpro: {len(failed)} of {len(outcomes)} samples failed; the others' results are in "
+              f"{args.output_dir}/NAME/", file=sys.stderr)
+        return failed[0].error.exit_code
+    if any(result.outcome.demo_models for result in outcomes):
+        log.warning("DEMO MODE results: random models, not biologically meaningful")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from virnucpro import pipeline
+
+    with _monitored(args) as monitor:
+        outcome = pipeline.merge(args.parts, args.output_dir, monitor)
+    lines = closing_lines(outcome)
+    lines[-1] = f"{outcome.frames:,} frames of {outcome.device} merged in {outcome.seconds:.1f} s ({outcome.dtype})"
+    for line in lines:
+        log.info(line)
+    if outcome.demo_models:
+        log.warning("DEMO MODE results: random models, not biologically meaningful")
+    return 0
+
+
+def _workflow(args: argparse.Namespace) -> int:
+    from virnucpro.workflow import init_workflow
+
+    init_workflow(args.dir, force=args.force)
+    log.info(f"workflow written to {args.dir}/: set the samples, parts and model paths in {args.dir}/config.yaml, "
+             f"then run `snakemake --profile profiles/local` (or profiles/slurm) in {args.dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Before anything touches CUDA (workers inherit it): growable segments instead of fixed
@@ -311,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        code = {"predict": _predict, "plot": _plot}.get(args.command, _models)(args)
+        code = {"predict": _predict_command, "plot": _plot, "merge": _merge,
+                "workflow": _workflow}.get(args.command, _models)(args)
         if failure := log_file_failure():
             raise OutputError(failure)
         return code

@@ -24,12 +24,13 @@ import numpy as np
 
 from virnucpro.errors import CheckpointMismatch, OutputError
 from virnucpro.layout import EMBEDDINGS_DIRNAME, RESULTS_NAME, new_temp_folder, remove_quietly, replace_folder
-from virnucpro.store import ShardStore
+from virnucpro.store import PartSet, ShardFiles
 
 
-def write_embeddings(result_dir: Path, store: ShardStore, shard_count: int, frames: int,
+def write_embeddings(result_dir: Path, store: ShardFiles | PartSet, shard_count: int, frames: int,
                      dims: tuple[int, int]) -> Path:
-    """Collect the store's shards 0..shard_count-1 into result_dir/embeddings/. Raises
+    """Collect the store's shards 0..shard_count-1 into result_dir/embeddings/ (`store`: a
+    run's checkpoint store, or the parts of a merge, which read alike). Raises
     CheckpointMismatch for a shard that cannot be used, OutputError when the folder cannot
     be written."""
     final = result_dir / EMBEDDINGS_DIRNAME
@@ -47,7 +48,7 @@ def write_embeddings(result_dir: Path, store: ShardStore, shard_count: int, fram
     return final
 
 
-def _fill(partial: Path, result_dir: Path, store: ShardStore, shard_count: int, frames: int,
+def _fill(partial: Path, result_dir: Path, store: ShardFiles | PartSet, shard_count: int, frames: int,
           dims: tuple[int, int]) -> None:
     dna = _output_array(partial / "dnabert_s.npy", (frames, dims[0]))
     protein = _output_array(partial / "esm2.npy", (frames, dims[1]))
