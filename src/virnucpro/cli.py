@@ -401,8 +401,10 @@ def _predict_samples(args: argparse.Namespace) -> int:
     configs = [(sample.name, config_from_args(argparse.Namespace(
         **{**vars(args), "input": sample.path, "output_dir": args.output_dir / sample.name}))) for sample in samples]
 
+    position = {sample.name: number for number, sample in enumerate(samples, 1)}
+
     def monitored(name: str):
-        log.info(f"sample {name} ({[s.name for s in samples].index(name) + 1} of {len(samples)})")
+        log.info(f"sample {name} ({position[name]} of {len(samples)})")
         return _monitored(args)
 
     outcomes = pipeline.run_samples(configs, monitored, restart=args.restart)

@@ -342,7 +342,8 @@ def _part_record(config: RunConfig, parameters: dict, device_kind: str, counts: 
     info = done.info
     return PartRecord(
         k=config.part.k, n=config.part.n, input=str(config.input.resolve()), parameters=parameters,
-        batch_tokens=info.batch_tokens, device_kind=device_kind, dtype=info.dtype,
+        batch_tokens=info.batch_tokens, device_kind=device_kind,
+        cpu_threads=torch.get_num_threads() if device_kind == "cpu" else 0, dtype=info.dtype,
         feature_dims=list(info.feature_dims), demo_models=list(info.demo_models),
         embeddings=config.save_embeddings, shards=counts.shards, frames=counts.frames, chunks=counts.chunks,
         records=counts.records, part_shards=done.shards, part_frames=done.frames, part_tokens=counts.own_tokens,
