@@ -169,13 +169,13 @@ def esm_flops(proteins: list[str]) -> float:
 def esm_stage(predictor: FramePredictor, frames: list) -> tuple[float, torch.Tensor]:
     prepared = predictor.prepare(frames)
     with torch.inference_mode():
-        return timed(lambda: predictor._pool_all(predictor._pool_protein, prepared.protein, prepared.count))
+        return timed(lambda: predictor._pool_all(predictor._pool_protein, prepared.protein, prepared.count)[0])
 
 
 def dna_stage(predictor: FramePredictor, frames: list) -> tuple[float, torch.Tensor]:
     prepared = predictor.prepare(frames)
     with torch.inference_mode():
-        return timed(lambda: predictor._pool_all(predictor._pool_dna, prepared.dna, prepared.count))
+        return timed(lambda: predictor._pool_all(predictor._pool_dna, prepared.dna, prepared.count)[0])
 
 
 def whole_predict(predictor: FramePredictor, frames: list, shard: int) -> float:

@@ -168,3 +168,25 @@ def test_plot_output_that_is_a_folder_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["plot", str(tmp_path), "--ids", "x", "-o", str(tmp_path)])
     assert stopped.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def test_a_killed_runs_temporaries_are_cleaned_and_other_programs_files_kept(tmp_path):
+    """Temporaries carry the writer's pid: those of a process that is gone are removed from the
+    result folder and from the intermediates' folder (beside the input); a file that merely
+    looks like a temporary of another program is left alone."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    path = sample(tmp_path)
+    out = tmp_path / "reads_merged"
+    out.mkdir()
+    stale = [out / f".prediction_results.txt.{gone}.r0123456789ab.tmp",
+             tmp_path / f".reads_chunked300.fa.{gone}.rba9876543210.tmp"]
+    for file in stale:
+        file.write_text("half\n")
+    foreign = tmp_path / f".editor.{gone}.tmp"
+    foreign.write_text("not ours\n")
+    assert predict(path, "--keep-intermediate") == 0
+    assert not any(file.exists() for file in stale) and foreign.exists()

@@ -54,7 +54,7 @@ def test_a_failed_copy_is_reported_not_the_threads_error(stored_fp16, monkeypatc
     even if the thread beside it failed too (it would, on half-copied weights)."""
     from virnucpro.predict import placement
 
-    def failing_copy(source, target, device):
+    def failing_copy(source, target, device, quantised):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     def broken(target):

@@ -183,6 +183,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="sequences drawn in report.html (default 5; 0: no report)")
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    compare = sub.add_parser(
+        "compare", help="how far two result folders of the same input agree",
+        description="Compare two result folders of the same input (e.g. --precision fp8 against bf16, "
+        "or two versions): label agreement of frames, chunks and sequences, per-frame score "
+        "differences, and, when both saved embeddings, each encoder's per-frame cosine.")
+    compare.add_argument("a", type=Path, metavar="RESULT_A", help="a result folder")
+    compare.add_argument("b", type=Path, metavar="RESULT_B", help="another result folder")
+    compare.add_argument("--min-agreement", type=_number(float, 0.0, "must be a fraction between 0 and 1"),
+                         metavar="FRACTION", help="exit 1 when fewer frames than this agree (e.g. 0.999)")
+    compare.add_argument("--json", type=_file_to_write, metavar="FILE", help="also write the figures as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="virnucpro", description="Identify viral DNA with the VirNucPro method, on every GPU.")
@@ -197,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--ids", nargs="+", required=True, metavar="ID", help="sequence ids to draw")
     plot.add_argument("-o", "--output", type=_file_to_write, metavar="FILE",
                       help="HTML file to write (default RESULTS/plot.html)")
+    _add_compare(sub)
     models = sub.add_parser("models", help="where models are looked for; download them")
     msub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     info = msub.add_parser("info", help="show where each model is looked for and whether it is there")
@@ -282,6 +296,29 @@ def _plot(args: argparse.Namespace) -> int:
 
     out = write_report(args.results, ids=args.ids, out=args.output or args.results / PLOT_NAME)
     log.info(f"report written to {out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from virnucpro.stages.compare import compare_results, describe
+
+    for folder in (args.a, args.b):
+        if not folder.is_dir():
+            raise InputError(f"{folder}: not a result folder")
+    result = compare_results(args.a, args.b)
+    for line in describe(result, args.a, args.b):
+        print(line)
+    if args.json:
+        from virnucpro.layout import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result.as_dict(), indent=1) + "\n", fsync=False)
+    agreement = result.frames.fraction
+    if args.min_agreement is not None and (agreement is None or agreement < args.min_agreement):
+        shown = "none compared" if agreement is None else f"{agreement:.6f}"
+        print(f"virnucpro: frame agreement {shown} is below --min-agreement {args.min_agreement}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -461,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        code = {"predict": _predict_command, "plot": _plot, "merge": _merge,
+        code = {"predict": _predict_command, "plot": _plot, "compare": _compare, "merge": _merge,
                 "workflow": _workflow}.get(args.command, _models)(args)
         if failure := log_file_failure():
             raise OutputError(failure)

@@ -18,7 +18,7 @@ from virnucpro.errors import InputError
 from virnucpro.layout import RunLayout
 
 CHUNK_LENGTHS = (300, 500)  # the released classifiers' chunk lengths
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
 MODEL_CHOICES = ("esm", "dnabert", "classifier")  # `virnucpro models download --only`
 
 # The original ESM-2 batching (fair-esm get_batch_indices with toks_per_batch=2048).

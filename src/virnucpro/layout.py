@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -137,6 +138,7 @@ def record_and_chunk(frame_id: str) -> tuple[str, int] | None:
 # --------------------------------------------------------------------------- writing
 
 _TEMP_SUFFIX = ".tmp"
+_OUR_TEMP = re.compile(r"^\..+\.(\d+)\.r[0-9a-f]{12}\.tmp$")  # what _temp_name makes
 
 
 def _temp_name(name: str) -> str:
@@ -273,8 +275,8 @@ def remove_stale_temporaries(folder: Path, *, all_of_them: bool = False) -> None
     those of live processes stay, unless `all_of_them` (a folder only the caller writes to,
     such as the checkpoint store under the run's lock)."""
     for path in Path(folder).glob(f".*{_TEMP_SUFFIX}"):
-        pid = next((int(p) for p in path.name.split(".") if p.isdigit()), None)
-        if all_of_them or (pid is not None and not _process_alive(pid)):
+        ours = _OUR_TEMP.match(path.name)  # another program's temporaries are not ours to judge
+        if all_of_them or (ours and not _process_alive(int(ours.group(1)))):
             remove_quietly(path)
 
 

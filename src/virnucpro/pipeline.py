@@ -18,6 +18,7 @@ Scaled out, the same pieces in other arrangements:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -44,13 +45,13 @@ from virnucpro.monitoring.gpu import merge_metrics
 from virnucpro.predict.precision import Precision, check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
 from virnucpro.stages.calls import CallCounts, CallRule, SequenceCalls
-from virnucpro.stages.embeddings import write_embeddings
+from virnucpro.stages.embeddings import EmbeddingsWriter
 from virnucpro.stages.read import InputState, check_input_opens, check_unique_ids
 from virnucpro.stages.reuse_original import OriginalRun, original_identity
 from virnucpro.stages.stream import RnaRecords, stream_frames
 from virnucpro.stages.types import Frame
 from virnucpro.stages.write import IntermediateFiles, ResultWriter
-from virnucpro.store import PartRecord, PartSet, RunLock, ShardFiles, ShardResult, ShardStore, resumable
+from virnucpro.store import PartRecord, PartSet, RunLock, ShardResult, ShardStore, resumable
 
 TaskFactory = Callable[[RunConfig, torch.device], Task]
 # Where a run's shard results come from, given its shard plan: the workers (and the store),
@@ -166,7 +167,8 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
                          f"{parameters['models']}); run again")
     workers.events.store = store = ShardStore(layout.store, fingerprint_of(parameters), restart=restart,
                                               parameters=parameters, facts={"batch_tokens": info.batch_tokens})
-    remove_stale_temporaries(layout.result_dir)
+    for folder in {layout.result_dir, *(p.parent for p in layout.intermediates())}:
+        remove_stale_temporaries(folder)  # of killed runs: results, spools, intermediates
     original = OriginalRun(layout.original_run, info.feature_dims, monitor.warn)
     devices = workers.devices
     monitor.info(f"predicting on {', '.join(str(d) for d in devices)} in {info.dtype}"
@@ -191,7 +193,7 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
         monitor.info(f"{', '.join(late)} still loading when the work ran out; "
                      "the other device(s) did it all")
     if config.part is None:
-        _finish(config, layout, monitor, store, original, done)
+        _finish(config, layout, monitor, original, done)
         store.discard()
     else:  # the store stays: it holds the part's results
         done.part = _part_record(config, parameters, devices[0].type, counts, done)
@@ -199,18 +201,17 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
     return done
 
 
-def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, shards: ShardFiles | PartSet,
-            original: OriginalRun | None, done: _Done) -> None:
-    """With the result tables in place: say what is worth knowing, and export the embeddings
-    if asked (from the store, or from a merge's parts)."""
+def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, original: OriginalRun | None,
+            done: _Done) -> None:
+    """With the result files in place: say what is worth knowing, and drop what an earlier
+    run left there."""
     monitor.emit("sequences_called", **done.calls.as_dict())
     if done.frames == 0:
         monitor.warn(f"{config.input}: no chunk has a stop-free reading frame; the result files hold headers only")
     if original is not None and original.reused:
         monitor.info(f"reused the embeddings of {original.reused:,} frames from the original VirNucPro's files")
     if config.save_embeddings:
-        folder = write_embeddings(layout.result_dir, shards, done.shards, done.frames, done.info.feature_dims)
-        monitor.info(f"embeddings written to {folder}/")
+        monitor.info(f"embeddings written to {layout.result(EMBEDDINGS_DIRNAME)}/")
     # Files an earlier run left that would now sit beside results they do not describe.
     for stale in ([] if config.save_embeddings else [EMBEDDINGS_DIRNAME]) + [PLOT_NAME]:
         remove_quietly(layout.result(stale))
@@ -223,12 +224,16 @@ def _predict(config: RunConfig, layout: RunLayout, monitor: Monitor, started: In
     from the parts)."""
     intermediates = layout.intermediates() if config.keep_intermediate else None
     rule = CallRule(config.min_virus_fraction, config.threshold)
+    embeddings = (EmbeddingsWriter(layout.result_dir, done.info.feature_dims) if config.save_embeddings
+                  else contextlib.nullcontext())
     with IntermediateFiles(intermediates) as files, ResultWriter(layout.result_dir) as writer, \
-            SequenceCalls(layout.result_dir, rule) as calls:
+            SequenceCalls(layout.result_dir, rule) as calls, embeddings:
         frames = _frames(config, layout, monitor, files, started, calls.index, original)
         for result in results(plan_shards(frames, frame_cost, config.shard_tokens)):
             writer.add(result.ids, result.score1, result.score2)
             calls.add(result.ids, result.score1, result.score2)
+            if config.save_embeddings:
+                embeddings.add(result.ids, result.dna_embeddings, result.protein_embeddings)
             done.frames += len(result.ids)
             done.shards += 1
         writer.close()  # the original's two files first: the per-sequence files come after them
@@ -399,7 +404,7 @@ def _merge_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, parts:
                      + ", ".join(r.name for r in parts.records if not r.embeddings) + " without)")
     done = _predict(config, layout, monitor, None, None, _from_parts(parts, config.save_embeddings, monitor),
                     _Done(info))
-    _finish(config, layout, monitor, parts, None, done)
+    _finish(config, layout, monitor, None, done)
     monitor.emit("parts_merged", parts=[{"part": f"{r.k}/{r.n}", "folder": str(folder),
                                          "summary": _read_summary(folder / SUMMARY_NAME)}
                                         for folder, r in zip(parts.folders, parts.records)])

@@ -297,8 +297,7 @@ class PartSet:
     """The N parts of one run as a merge reads them: given in any order, checked to fit
     together before anything is written (else InputError, naming the parts and what differs),
     then read shard by shard, in the order of the run's shard plan, from the part that holds
-    each shard. It offers the reading side of a store (shard_path, load), so the code that
-    exports a whole run's embeddings exports the merged ones."""
+    each shard."""
 
     def __init__(self, folders: list[Path]) -> None:
         parts = _one_of_each(sorted(((Path(f), read_part(Path(f))) for f in folders), key=lambda p: p[1].k))
@@ -314,7 +313,6 @@ class PartSet:
             if missing := [i for i in record.shard_indices() if not files.has(i)]:
                 raise InputError(f"{folder} ({record.name}): shard {missing[0]} of its store is missing; "
                                  "rerun that part (it recomputes what is missing)")
-        self.root = ", ".join(map(str, self.folders))  # names the parts in messages
 
     def shard_path(self, index: int) -> Path:
         return self._files[index % self.record.n].shard_path(index)

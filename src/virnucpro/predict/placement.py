@@ -27,6 +27,7 @@ from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.esm2 import ESM2
 from virnucpro.predict.budget import MIN_GPU_BATCH_TOKENS, batch_tokens_for
 from virnucpro.predict.compile import compile_packed_layers, warm_up_frames
+from virnucpro.predict.fp8 import check_fp8_device, fp8_linears
 from virnucpro.predict.precision import Precision
 from virnucpro.predict.predictor import FramePredictor
 
@@ -41,14 +42,18 @@ class Placement:
 
 
 def place_predictor(bundle: ModelBundle, device: torch.device, precision: Precision, *,
-                    batch_tokens: int | None = None, compile: bool = False) -> Placement:
+                    batch_tokens: int | None = None, compile: bool = False,
+                    fp8_keep: tuple[str, ...] = ()) -> Placement:
     """The bundle's models on `device`, as a ready FramePredictor whose batch budget is sized
     from the memory left once they are resident (unless `batch_tokens` pins it).
 
     With `compile` (on the packed path only), ESM-2's layers are compiled on the empty device
     copy while its weights stream in, and a small warm-up shard runs through a predictor of
     its own, so every kernel exists before the first real shard: start-up pays for the slower
-    of the two instead of both."""
+    of the two instead of both. With fp8, ESM-2's linear layers but those in `fp8_keep`
+    become fp8 as their weights arrive (predict/fp8.py)."""
+    if precision.fp8:
+        check_fp8_device(device)
     # DNABERT-S keeps fp32 weights under autocast; the classifier is tiny, and fp32 keeps its
     # scores comparable to the original's.
     dnabert = bundle.dnabert.to(device=device, dtype=precision.dnabert_dtype).eval()
@@ -66,15 +71,18 @@ def place_predictor(bundle: ModelBundle, device: torch.device, precision: Precis
         compile_seconds.append(time.perf_counter() - t0)
 
     beside = compile_and_warm_up if compile and precision.packed else None
-    esm, copy_seconds = esm_on_device(bundle.esm, device, precision.esm_dtype, while_copying=beside)
+    esm, copy_seconds = esm_on_device(bundle.esm, device, precision.esm_dtype, while_copying=beside,
+                                      fp8_keep=fp8_keep if precision.fp8 else None)
     predictor = ready(esm, batch_tokens or batch_tokens_for(device, esm.embed_dim))
     return Placement(predictor, copy_seconds, compile_seconds[0] if compile_seconds else None)
 
 
 def esm_on_device(esm: ESM2, device: torch.device, dtype: torch.dtype, *,
-                  while_copying: Callable[[ESM2], None] | None = None) -> tuple[ESM2, float]:
+                  while_copying: Callable[[ESM2], None] | None = None,
+                  fp8_keep: tuple[str, ...] | None = None) -> tuple[ESM2, float]:
     """`esm` (any host dtype) as an eval-mode module on `device` in `dtype`, and the seconds
-    its weights took to copy.
+    its weights took to copy. fp8_keep: when given, the linear layers (but those it names)
+    become fp8 ones, quantised as their weights arrive.
 
     while_copying(target): called on a background thread with the device module once its
     buffers (the rotary tables) are in place but before its weights are; this returns when
@@ -84,11 +92,12 @@ def esm_on_device(esm: ESM2, device: torch.device, dtype: torch.dtype, *,
     with torch.no_grad():
         for dst, src in zip(target.buffers(), esm.buffers(), strict=True):
             dst.copy_(src)  # small, and needed before any forward pass
+    quantised = {prefix: new for prefix, _, new in fp8_linears(target, fp8_keep)} if fp8_keep is not None else {}
     done = (in_background(lambda: while_copying(target), "compile-while-loading")
             if while_copying else lambda: None)
     t0 = time.perf_counter()
     try:
-        _copy_parameters(esm, target, device)
+        _copy_parameters(esm, target, device, quantised)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the casts are queued on the device
     except BaseException:
@@ -112,8 +121,18 @@ def _empty_copy(esm: ESM2, device: torch.device, dtype: torch.dtype) -> ESM2:
 
 
 @torch.no_grad()
-def _copy_parameters(source: ESM2, target: ESM2, device: torch.device) -> None:
-    for (name, dst), (src_name, src) in zip(target.named_parameters(), source.named_parameters(),
-                                            strict=True):
-        assert name == src_name, (name, src_name)
-        dst.copy_(src.to(device))  # moved in the stored dtype, then cast where it lives
+def _copy_parameters(source: ESM2, target: ESM2, device: torch.device, quantised: dict) -> None:
+    """Each parameter moved in its stored dtype, then cast where it lives; those of layers
+    turned fp8 (`quantised`: parameter prefix -> Fp8Linear) are quantised there instead."""
+    targets = dict(target.named_parameters())
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for name, src in source.named_parameters():
+        prefix, _, kind = name.rpartition(".")
+        if prefix in quantised:
+            pending.setdefault(prefix, {})[kind] = src.to(device)
+            if len(pending[prefix]) == 2:  # weight and bias are both here
+                parts = pending.pop(prefix)
+                quantised[prefix].load(parts["weight"], parts["bias"])
+        else:
+            targets.pop(name).copy_(src.to(device))
+    assert not pending and not targets, (sorted(pending), sorted(targets))

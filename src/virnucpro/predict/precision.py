@@ -24,10 +24,15 @@ class Precision:
     dnabert_autocast: bool  # DNABERT-S GEMMs in fp16 under autocast (weights stay fp32)
     packed: bool  # ESM-2 on packed batches through flash varlen attention
     reference: bool  # the original algorithm: fp32, one-by-one DNABERT-S, 2048-token ESM batches
+    fp8: bool = False  # ESM-2's linear layers in fp8 (predict/fp8.py), the rest in esm_dtype (bf16)
 
     @classmethod
     def resolve(cls, name: str, device: torch.device, reference: bool = False) -> "Precision":
         """fp32 for the reference path and on CPUs by default; bf16 on GPUs by default."""
+        if name == "fp8" and not reference:
+            if device.type != "cuda":
+                raise InputError(f"--precision fp8 needs a GPU with fp8 support; {device} is not a GPU")
+            return cls(torch.bfloat16, dnabert_autocast=True, packed=True, reference=False, fp8=True)
         if reference:
             dtype = torch.float32
         elif name == "auto":
@@ -44,8 +49,10 @@ class Precision:
 
     @property
     def name(self) -> str:
-        """The ESM-2 dtype as logs and fingerprints spell it: 'bfloat16', 'float32', ..."""
-        return str(self.esm_dtype).removeprefix("torch.")
+        """ESM-2's precision as logs and fingerprints spell it: 'bfloat16', 'float32', ...,
+        or 'fp8+bfloat16' (fp8 linear layers, the rest in bf16)."""
+        dtype = str(self.esm_dtype).removeprefix("torch.")
+        return f"fp8+{dtype}" if self.fp8 else dtype
 
 
 def check_one_device_kind(devices: list[torch.device], precision: str, reference: bool) -> None:

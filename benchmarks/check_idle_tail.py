@@ -1,0 +1,93 @@
+"""Does the GPU idle at the end of a run? `virnucpro predict` on full-size models (random
+weights, the released formats, the real cache places, as check_full_size_cli.py writes them)
+with and without --save-embeddings, from one or more source trees, on the same input.
+
+    python benchmarks/check_idle_tail.py --bases 5000000 --out idle_tail
+    python benchmarks/check_idle_tail.py --bases 5000000 --out idle_tail --tree ../before .
+
+For each run it records, from the run's own gpu_metrics.jsonl (NVML every second) and
+run_summary.json: wall time, frames/s end to end and per device, GPU busy % from the
+device's first finished shard to its last (the run summary's figure), GPU busy % from the
+first busy sample to the last sample of the run (what idles after the last shard counts
+here), the idle seconds at the end, and the whole utilisation timeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_stages  # noqa: E402
+from check_full_size_cli import cached_models  # noqa: E402
+
+BUSY = 50  # % utilisation that counts as working
+
+
+def timeline(metrics: Path) -> list[tuple[float, float]]:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [(row["elapsed"], row["utilization"]) for row in rows if row.get("device") == "cuda:0"]
+
+
+def tail_figures(samples: list[tuple[float, float]], interval: float) -> dict:
+    busy_at = [i for i, (_, u) in enumerate(samples) if u >= BUSY]
+    if not busy_at:
+        return {"busy_percent_first_busy_to_end": None, "idle_seconds_at_end": None}
+    working = samples[busy_at[0]:]
+    return {"busy_percent_first_busy_to_end": round(sum(u for _, u in working) / len(working), 1),
+            "idle_seconds_at_end": round((len(samples) - 1 - busy_at[-1]) * interval, 1)}
+
+
+def run(tree: Path, sample: Path, out: Path, env: dict[str, str], extra: list[str], interval: float) -> dict:
+    cmd = [sys.executable, "-m", "virnucpro", "predict", str(sample), "300", "-o", str(out), "--devices", "cuda:0",
+           "--monitor-interval", str(interval), "-q", *extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": str(tree / "src")}, check=True)
+    wall = time.perf_counter() - t0
+    summary = json.loads((out / "run_summary.json").read_text())
+    samples = timeline(out / "gpu_metrics.jsonl")
+    device = summary["throughput_per_device"]["cuda:0"]
+    return {"tree": str(tree), "options": extra, "wall_s": round(wall, 1), "frames": summary["frames"],
+            "frames_per_s_end_to_end": round(summary["frames"] / wall, 1),
+            "frames_per_s_device": device["frames_per_s"],
+            "busy_percent_first_to_last_shard": summary["gpu"]["cuda:0"]["mean_busy_percent_after_first_shard"],
+            **tail_figures(samples, interval), "timeline_elapsed_util": samples}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bases", type=int, default=5_000_000)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tree", type=Path, nargs="+", default=[HERE.parent], help="source trees to run")
+    ap.add_argument("--interval", type=float, default=1.0)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("check_idle_tail needs a CUDA GPU")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(0), "input_bases": args.bases, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = cached_models(work / "cache")
+        sample = work / "reads.fa"
+        bench_stages.write_workload(sample, "reads150", args.bases)
+        for tree in args.tree:
+            for extra in ([], ["--save-embeddings"]):
+                out = work / f"out_{len(report['runs'])}"
+                report["runs"].append(run(tree.resolve(), sample, out, env, extra, args.interval))
+                brief = {k: v for k, v in report["runs"][-1].items() if k != "timeline_elapsed_util"}
+                print(json.dumps(brief), flush=True)
+                (args.out / "idle_tail.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
