@@ -66,11 +66,13 @@ def test_init_writes_the_workflow_and_keeps_an_edited_one(tmp_path, capsys):
     assert main(["workflow", "init", str(folder)]) == 0
     assert all((folder / name).is_file() for name in FILES)
     (folder / "Snakefile").write_text("# edited\n")
+    (folder / "samples.tsv").write_text("s1\tdata/s1.fa\n")
     assert main(["workflow", "init", str(folder)]) == 2
     assert "--force" in capsys.readouterr().err
     assert (folder / "Snakefile").read_text() == "# edited\n"
     assert main(["workflow", "init", str(folder), "--force"]) == 0
     assert "rule part:" in (folder / "Snakefile").read_text()
+    assert (folder / "samples.tsv").read_text() == "s1\tdata/s1.fa\n", "the user's sheet is kept"
 
 
 def test_parts_per_sample_and_the_options_of_part_jobs(tmp_path):

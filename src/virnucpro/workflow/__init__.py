@@ -21,21 +21,27 @@ from virnucpro.errors import InputError, OutputError
 from virnucpro.layout import SUMMARY_NAME, write_text_atomic
 
 # What `workflow init` writes, relative to the workflow folder.
-FILES = ("Snakefile", "config.yaml", "samples.tsv", "profiles/local/config.yaml", "profiles/slurm/config.yaml")
+SHEET = "samples.tsv"
+FILES = ("Snakefile", "config.yaml", SHEET, "profiles/local/config.yaml", "profiles/slurm/config.yaml")
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)b?\s*", re.I)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def init_workflow(folder: Path, *, force: bool = False) -> list[Path]:
-    """Copy the workflow into `folder`; an existing workflow there is kept unless `force`."""
+    """Copy the workflow into `folder`. Files already there are kept unless `force`; the
+    sample sheet is the user's data and is never overwritten."""
     folder = Path(folder)
-    if (folder / "Snakefile").exists() and not force:
-        raise InputError(f"{folder}/Snakefile exists: edit it, or give --force to write the workflow anew")
+    present = [name for name in FILES if (folder / name).exists()]
+    if present and not force:
+        raise InputError(f"{folder} already holds {', '.join(present)}: edit them, or give --force to write "
+                         "the workflow anew (an existing samples.tsv is kept)")
     source = resources.files(__name__)
     written = []
     try:
         for name in FILES:
             target = folder / name
+            if name == SHEET and target.exists():
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             with resources.as_file(source.joinpath(name)) as path:
                 shutil.copyfile(path, target)
