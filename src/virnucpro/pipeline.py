@@ -24,7 +24,6 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +89,7 @@ def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
 
 
 def run_samples(samples: Iterable[tuple[str, RunConfig]],
-                monitored: Callable[[str], AbstractContextManager[Monitor]], *, restart: bool = False,
+                monitored: Callable[[str], contextlib.AbstractContextManager[Monitor]], *, restart: bool = False,
                 task_factory: TaskFactory = make_frame_task) -> list[SampleOutcome]:
     """Every sample of a sheet, one after the other, on one set of workers (the models load
     once, with the first sample). Each sample is a whole run into its own folder, watched by
