@@ -127,3 +127,16 @@ def always_dies_loading(device) -> TimesTen:
     """Every worker SIGKILLs itself while loading: nothing can run."""
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable")
+
+
+class ThreadCount(TimesTen):
+    """Result = the torch CPU threads the worker computes with."""
+
+    def run(self, payload: int) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+
+def thread_count(device) -> ThreadCount:
+    return ThreadCount(None, None)

@@ -41,7 +41,8 @@ def model_args(models) -> list[str]:
             "--classifier", str(models.classifier)]
 
 
-@pytest.mark.parametrize("name,chunk_len", [("edge_cases", 300), ("edge_cases", 500), ("contigs", 500)])
+@pytest.mark.parametrize("name,chunk_len", [("edge_cases", 300), ("edge_cases", 500), ("contigs", 500),
+                                           ("reads150", 300)])
 def test_keep_intermediate_matches_golden(tmp_path, tiny_models, name, chunk_len):
     case = golden_case(name, chunk_len)
     sample = copy_input(case, tmp_path)
@@ -53,10 +54,34 @@ def test_keep_intermediate_matches_golden(tmp_path, tiny_models, name, chunk_len
     assert Path(f"{prefix}_identified_protein.faa").read_bytes() == (case / "identified_protein.faa").read_bytes()
     ids, _, _ = read_score_table(tmp_path / "sample_merged" / "prediction_results.txt", 0, 2, 3)
     assert ids == [i for i, _ in read_fasta_pairs(case / "identified_nucleotide.fa")]
+    assert_summary_counts_match_golden(tmp_path / "sample_merged", case)
     # the checkpoint store is gone after a successful run; no temporaries remain
     assert sorted(p.name for p in (tmp_path / "sample_merged").iterdir()) == [
         "prediction_results.txt", "prediction_results_highestscore.csv", "prediction_summary.tsv", "report.html",
         "run_summary.json", "viral_sequences.fa"]
+
+
+def assert_summary_counts_match_golden(result_dir: Path, case: Path) -> None:
+    """prediction_summary.tsv and run_summary.json's counts against the golden files: every
+    input record once, in order; no_frames exactly the records none of whose chunks kept a
+    frame in the original's identified_nucleotide.fa; skipped exactly the empty records."""
+    import json
+
+    from virnucpro.stages.read import read_records
+
+    records = list(read_records(case / "input.fa"))
+    rows = [line.split("\t") for line in (result_dir / "prediction_summary.tsv").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == [r.id for r in records]
+    kept = {frame_id.rpartition("_chunk_")[0] for frame_id, _ in read_fasta_pairs(case / "identified_nucleotide.fa")}
+    no_frames = {r.id for r in records if r.seq and r.id not in kept}
+    skipped = {r.id for r in records if not r.seq}
+    assert {r[0] for r in rows if r[8] == "no_frames"} == no_frames
+    assert {r[0] for r in rows if r[8] == "skipped"} == skipped
+    assert {r[0] for r in rows if r[8] in ("virus", "others")} == kept
+    counts = json.loads((result_dir / "run_summary.json").read_text())["sequences"]
+    assert counts["records"] == len(records) and counts["no_frames"] == len(no_frames)
+    assert counts["skipped"] == len(skipped) and counts["virus"] + counts["others"] == len(kept)
+    assert counts["virus"] == sum(r[8] == "virus" for r in rows)
 
 
 def classifier_formula(sd: dict):

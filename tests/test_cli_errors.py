@@ -80,9 +80,10 @@ def test_unreadable_inputs(tmp_path, capsys, content, problem):
 
 
 def test_input_broken_late_leaves_no_partial_output(tmp_path, capsys):
-    """A malformed record after many good ones: the run has started, yet nothing remains."""
+    """A malformed record after many good ones: the run has started, yet nothing remains.
+    (After the first 1,000 records, which are read before the run starts.)"""
     sample = tmp_path / "late.fq"
-    good = "".join(f"@r{i}\n{GOOD}\n+\n{'I' * len(GOOD)}\n" for i in range(300))
+    good = "".join(f"@r{i}\n{GOOD}\n+\n{'I' * len(GOOD)}\n" for i in range(1100))
     sample.write_text(good + "@broken\nACGT\n+\nII\n")
     code, err = run(["predict", str(sample), "-m", "300", "--demo", "--keep-intermediate"], capsys)
     assert code == 2 and str(sample) in error_line(err)

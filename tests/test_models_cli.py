@@ -23,15 +23,32 @@ def caches(tmp_path, monkeypatch):
 
 
 def test_info_says_where_each_model_is_looked_for(caches, capsys, tiny_models):
-    assert main(["models", "info", "-m", "300"]) == 0
+    # a missing model is exit code 4 (issue 13.6; it was 0), so a script can check a node
+    assert main(["models", "info", "-m", "300"]) == 4
     out = capsys.readouterr().out
     assert out.count("MISSING") == 3
     assert str(caches / "torch" / "hub" / "checkpoints" / "esm2_t36_3B_UR50D.pt") in out
     assert str(caches / "home" / "300_model.pth") in out and "zhihan1996/DNABERT-S" in out
     (caches / "home").mkdir()
     shutil.copy(tiny_models.classifier, caches / "home" / "300_model.pth")
-    assert main(["models", "info", "-m", "300"]) == 0
-    assert capsys.readouterr().out.count("MISSING") == 2
+    assert main(["models", "info", "-m", "300"]) == 4
+    out = capsys.readouterr().out
+    assert out.count("MISSING") == 2 and "missing: ESM-2 3B, DNABERT-S;" in out
+
+
+def test_info_exits_0_when_every_model_is_there(caches, capsys, tiny_models):
+    checkpoints = caches / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copy(tiny_models.esm, checkpoints / "esm2_t36_3B_UR50D.pt")
+    repo = caches / "hf" / "hub" / "models--zhihan1996--DNABERT-S"
+    shutil.copytree(tiny_models.dnabert, repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    (caches / "home").mkdir()
+    shutil.copy(tiny_models.classifier, caches / "home" / "500_model.pth")
+    assert main(["models", "info"]) == 0
+    assert "MISSING" not in capsys.readouterr().out
+    assert main(["models", "info", "-m", "300"]) == 4  # the 300 bp classifier is not there
 
 
 def test_download_places_checked_files_in_the_caches(caches, monkeypatch, tiny_models):

@@ -206,3 +206,17 @@ def test_busy_after_first_shard_excludes_each_devices_own_start_up():
     assert gpu["cuda:0"]["mean_busy_percent_after_first_shard"] == 99.0
     assert gpu["cuda:1"]["mean_busy_percent_after_first_shard"] == 97.0
     assert gpu["cuda:1"]["mean_busy_percent_embedding"] < 80  # its start-up is in that one
+
+
+def test_gpu_lines_in_the_log_once_a_minute(virnucpro_log):
+    """Samples every 10 s go to gpu_metrics.jsonl; the log gets each GPU once a minute."""
+    from virnucpro.monitoring import GpuLogLines
+    from virnucpro.monitoring.events import Event
+    from virnucpro.monitoring.gpu import GpuSample
+
+    lines = GpuLogLines(every=60.0)
+    for t in range(0, 130, 10):
+        samples = [GpuSample(f"cuda:{i}", i, "H200", 90.0, 1024.0, 2048.0, None) for i in range(2)]
+        lines(Event("gpu_sample", {"samples": samples}, time=1000.0 + t))
+    logged = [r.getMessage() for r in virnucpro_log.records]
+    assert logged == ["gpu cuda:0: 90% busy, memory 1.0/2.0 GiB", "gpu cuda:1: 90% busy, memory 1.0/2.0 GiB"] * 3

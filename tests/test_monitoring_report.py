@@ -37,7 +37,7 @@ def finished_run(tmp_path_factory, tiny_models):
     sample = root / "contigs.fa"
     sample.write_text("".join(f">seq{i} contig\n{open_reading_frame(n, seed=i)}\n" for i, n in enumerate(LENGTHS)))
     log_file = root / "run.log"
-    code = main(["predict", str(sample), "-m", "300", "-q", "--monitor-interval", "0.05",
+    code = main(["predict", str(sample), "-m", "300", "-q", "-v", "--monitor-interval", "0.05",
                  "--log-file", str(log_file), "--esm-model", str(tiny_models.esm),
                  "--dnabert-model", str(tiny_models.dnabert), "--classifier", str(tiny_models.classifier)])
     assert code == 0
@@ -65,7 +65,8 @@ def test_run_summary_records_the_run(finished_run, tiny_models, capsys):
     startup = summary["startup_seconds_per_device"]["cpu"]  # where start-up time went
     assert {"read models", "models to device", "total"} <= set(startup)
     assert startup["total"] >= startup["read models"] + startup["models to device"] - 0.02
-    assert re.search(r"cpu ready after [0-9.]+ s \(read models", log_file.read_text())
+    # a start-up detail: in the log at debug level (-v)
+    assert re.search(r"DEBUG cpu ready after [0-9.]+ s \(read models", log_file.read_text())
     assert not (result_dir / "gpu_metrics.jsonl").exists()  # CPU run: quietly no GPU metrics
     # -q keeps the console quiet, the log file still has the summary
     assert "summary:" in log_file.read_text()
@@ -114,13 +115,26 @@ def chunk_calls(result_dir: Path) -> dict[str, bool]:
     return {k: v == "True" for k, v in (line.split("\t") for line in lines)}
 
 
-def test_report_is_self_contained_and_draws_the_first_sequences(finished_run):
+SECTIONS = ["results", "scores", "top", "sequences", "run", "gpu", "throughput"]  # results first
+
+
+def summary_rows(result_dir: Path) -> list[list[str]]:
+    return [line.split("\t") for line in (result_dir / "prediction_summary.tsv").read_text().splitlines()[1:]]
+
+
+def top_scoring(result_dir: Path) -> list[str]:
+    """Ids by max virus score, then mean, then length, then input order (the report's ranking)."""
+    scored = [(float(r[6]), float(r[7]), int(r[1]), -i, r[0]) for i, r in enumerate(summary_rows(result_dir))
+              if r[6] != "NA"]
+    return [row[-1] for row in sorted(scored, reverse=True)]
+
+
+def test_report_is_self_contained_and_draws_the_top_sequences(finished_run):
     result_dir, _ = finished_run
     page = outline(result_dir / "report.html")
-    assert page.sections == ["run", "gpu", "throughput", "scores", "sequences"]
+    assert page.sections == SECTIONS
     assert page.refs == []  # nothing fetched: opens offline
-    ids_in_order = list(dict.fromkeys(r[0].split("_chunk_")[0] for r in result_rows(result_dir)))
-    assert page.captions == ids_in_order[:5]
+    assert page.captions == top_scoring(result_dir)[:5]
     calls = chunk_calls(result_dir)
     for record, strokes in zip(page.captions, page.strokes):
         chunks = sorted((int(k.rpartition("_chunk_")[2]), v) for k, v in calls.items()
@@ -171,7 +185,7 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path):
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()],
                          capture_output=True, text=True, timeout=90)
     # the browser's own parse of the page: every section and every chart made it into the DOM
-    assert re.findall(r'<section id="(\w+)"', dom.stdout) == ["run", "gpu", "throughput", "scores", "sequences"]
+    assert re.findall(r'<section id="(\w+)"', dom.stdout) == SECTIONS
     assert dom.stdout.count("<svg") == report.read_text().count("<svg") >= 7
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1100,2600", report.as_uri()],

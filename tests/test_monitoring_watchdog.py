@@ -146,9 +146,10 @@ def test_a_device_that_started_late_is_not_called_idle():
 
 
 def test_throughput_lines_per_device_at_each_tick(virnucpro_log):
+    # -v: a line at every interval (log_every = the interval)
     clock = Clock()
     monitor = Monitor()
-    monitor.subscribe(WorkerWatch(monitor, FAST, clock=clock))
+    monitor.subscribe(WorkerWatch(monitor, FAST, clock=clock, log_every=10.0))
     monitor.emit("run_started", devices=["cuda:0", "cuda:1"])
     for device, tokens in (("cuda:0", 5000), ("cuda:1", 2000)):
         monitor.emit("shard_started", index=0, frames=50, tokens=tokens, device=device)
@@ -158,3 +159,19 @@ def test_throughput_lines_per_device_at_each_tick(virnucpro_log):
     lines = sorted(r.getMessage() for r in virnucpro_log.records)
     assert lines[0].startswith("device cuda:0: 5 frames/s, 500 tokens/s (last 10 s)")
     assert lines[1].startswith("device cuda:1: 5 frames/s, 200 tokens/s (last 10 s)")
+
+
+def test_throughput_lines_come_once_a_minute_by_default(virnucpro_log):
+    """A batch log of a long run: ticks every 10 s, a line per device every 60 s, covering it."""
+    clock = Clock()
+    monitor = Monitor()
+    monitor.subscribe(WorkerWatch(monitor, FAST, clock=clock))
+    monitor.emit("run_started", devices=["cuda:0"])
+    for index in range(12):
+        monitor.emit("shard_started", index=index, frames=60, tokens=6000, device="cuda:0")
+        clock.now += 10.0
+        monitor.emit("shard_done", index=index, frames=60, tokens=6000, seconds=10.0, device="cuda:0")
+        monitor.emit("tick")
+    lines = [r.getMessage() for r in virnucpro_log.records]
+    assert len(lines) == 2, lines  # at 60 s and 120 s, not at each of the 12 ticks
+    assert all(line.startswith("device cuda:0: 6 frames/s, 600 tokens/s (last 60 s)") for line in lines)

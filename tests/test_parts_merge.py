@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from virnucpro import pipeline
 from virnucpro.cli import main
@@ -183,11 +184,13 @@ def test_refused_parts_of_another_n_or_unfinished(tmp_path, capsys, three_parts)
     (["-m", "500"], "-m/--chunk-len: 300 in part 1/3, 500 in part 2/3"),
     (["--precision", "bf16"], "--precision (as resolved): \"float32\" in part 1/3, \"bfloat16\" in part 2/3"),
     (["--batch-tokens", "4096"], "--batch-tokens: auto in part 1/3, 4096 in part 2/3"),
+    (["-t", "THREADS+1"], "-t/--threads (on the CPU)"),
     (["--classifier", "TINY"], "the classifier: demo stand-in in part 1/3"),
 ])
 def test_refused_parts_of_other_settings(tmp_path, capsys, three_parts, tiny_models, change, expected):
     source, (p1, _, p3) = three_parts
-    change = [str(tiny_models.classifier) if arg == "TINY" else arg for arg in change]
+    replace = {"TINY": str(tiny_models.classifier), "THREADS+1": str(torch.get_num_threads() + 1)}
+    change = [replace.get(arg, arg) for arg in change]
     other = tmp_path / "other"
     assert cli_part(source, other, "2/3", *change) == 0
     refused(capsys, [p1, other, p3], tmp_path / "out", "are parts of different runs", expected)
@@ -242,11 +245,10 @@ def test_a_part_resumes_from_its_store_and_merges_the_same(tmp_path):
 @pytest.mark.parametrize("key,value,expected", [
     ("batch_tokens", 65536, "batches of 8192 tokens in part 1/3, 65536 in part 2/3"),
     ("device_kind", "cuda", "computed on cpu in part 1/3, cuda in part 2/3"),
-    ("cpu_threads", 97, "CPU thread(s) in part 1/3, 97 in part 2/3"),
 ])
 def test_refused_parts_computed_with_other_batches_or_devices(tmp_path, capsys, three_parts, key, value, expected):
-    """What the machine chose (not in the settings): part 2 as a GPU with more memory, any
-    GPU, or a CPU job given other threads would have recorded it."""
+    """What the machine chose (not in the settings): part 2 as a GPU with more memory, or any
+    GPU, would have recorded it."""
     _, (p1, p2, p3) = three_parts
     other = Path(shutil.copytree(p2, tmp_path / "other"))
     record = json.loads((other / PART_NAME).read_text())

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from test_parts_merge import RESULT_FILES, reads_input
 from virnucpro.cli import main
@@ -111,8 +110,8 @@ def test_the_workflow_runs_a_killed_part_resumes_and_the_results_are_single_runs
     marker = tmp_path / "killed"
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER.format(marker=str(marker), target="parts/B/2of3"))
-    # threads=1: on the CPU the bytes depend on the thread count (snakemake sets
-    # OMP_NUM_THREADS to a job's threads); the single runs below use one thread too
+    # threads=1: on the CPU the bytes depend on the thread count (the part jobs get -t from
+    # their threads); the single runs below use one thread too
     # --resources gpu=2: two part jobs at a time (they run on the CPU here)
     run = ["--profile", "profiles/local", "--cores", "2", "--resources", "gpu=2", "--retries", "0",
            "--config", "parts=3", "chunk_len=300",
@@ -130,14 +129,9 @@ def test_the_workflow_runs_a_killed_part_resumes_and_the_results_are_single_runs
     assert rows[0].split("\t")[:2] == ["sample", "result_dir"]
     assert [row.split("\t")[:2] for row in rows[1:]] == [["A", str(folder.resolve() / "results/A")],
                                                         ["B", str(folder.resolve() / "results/B")]]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for name in ("A", "B"):
-            assert main(["predict", str(folder / "data" / f"{name}.fa"), "-o", str(tmp_path / name), *OPTIONS]) == 0
-    finally:
-        torch.set_num_threads(threads)
     for name in ("A", "B"):
+        assert main(["predict", str(folder / "data" / f"{name}.fa"), "-o", str(tmp_path / name), "-t", "1",
+                     *OPTIONS]) == 0
         single = tmp_path / name
         for file in RESULT_FILES:
             assert (folder / "results" / name / file).read_bytes() == (single / file).read_bytes(), (name, file)

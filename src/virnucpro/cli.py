@@ -15,13 +15,13 @@ import threading
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.config import CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, PartSpec, RunConfig, read_sample_sheet
-from virnucpro.errors import InputError, OutputError, VirnucproError
-from virnucpro.layout import SEQUENCES_NAME, VIRAL_FASTA_NAME
+from virnucpro.config import (CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, PartSpec, RunConfig,
+                              read_sample_sheet)
+from virnucpro.errors import (EXIT_CODES, EXIT_INTERRUPTED, EXIT_TERMINATED, InputError, ModelError, OutputError,
+                              VirnucproError)
+from virnucpro.layout import EMBEDDINGS_DIRNAME, OUTPUT_FILES, SEQUENCES_NAME, VIRAL_FASTA_NAME
 
 log = logging.getLogger("virnucpro")
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 
 
 class Terminated(KeyboardInterrupt):
@@ -131,56 +131,142 @@ def _folder(text: str) -> Path:
 _SECONDS = _number(float, 1e-3, "must be a positive number of seconds")
 
 
+def _share(text: str) -> float:
+    """--min-virus-fraction: a number in (0, 1]."""
+    value = _number(float, 0.0, "must be a number in (0, 1]")(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def _score(text: str) -> float:
+    """--threshold: a number in [0, 1]."""
+    value = _number(float, 0.0, "must be a number in [0, 1]")(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
+_PREDICT_USAGE = """%(prog)s INPUT [-m 300|500] [-o DIR] [options]
+       %(prog)s INPUT LEN MODEL [options]     (the original VirNucPro's form)
+       %(prog)s INPUT --part K/N -o PART_DIR [options]   (one part of a run; then virnucpro merge)
+       %(prog)s --samples SHEET.tsv -o OUT [options]     (every sample of a sheet, models loaded once)"""
+
+_PREDICT_EXAMPLES = """\
+examples:
+  virnucpro predict reads.fastq.gz -m 300          150 bp reads -> reads_merged/
+  virnucpro predict contigs.fa -o results/         contigs, 500 bp chunks, into results/
+  zcat run*.fq.gz | virnucpro predict - -m 300     standard input -> stdin_merged/
+  virnucpro predict contigs.fa 500 500_model.pth   as the original is called
+  virnucpro predict reads.fa -m 300 --devices cuda:0,cuda:1 --log-file run.log
+  virnucpro predict examples/ecoli_reads150.fa -m 300 --demo   offline, tiny random models
+  virnucpro predict reads.fa -m 300 --part 2/8 -o parts/2of8      part 2 of 8 (virnucpro merge joins them)
+  virnucpro predict --samples samples.tsv -m 300 -o results/     results/NAME/ for each sample
+"""
+
+
+def _predict_epilog() -> str:
+    files = "\n".join(f"  {name:<38}{what}" for name, what in OUTPUT_FILES)
+    codes = "\n".join(f"  {code:<4}{meaning}" for code, meaning in EXIT_CODES)
+    return (f"{_PREDICT_EXAMPLES}\noutput files, in RESULTS (INPUT's prefix + _merged, or -o DIR):\n{files}\n"
+            f"  (* the original VirNucPro's files, byte for byte; --keep-intermediate adds its chunk and\n"
+            f"  frame FASTA files, --save-embeddings RESULTS/{EMBEDDINGS_DIRNAME}/)\n\nexit codes:\n{codes}\n")
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="classify the sequences of a FASTA/FASTQ file as viral or not",
-        description="Chunk, translate, embed (DNABERT-S + ESM-2 3B) and classify. Results go to "
-        "{prefix}_merged/ like the original VirNucPro, where prefix is the input path up to its "
-        "first '.fa'. The original's form `predict INPUT 500 500_model.pth` works too.",
+        usage=_PREDICT_USAGE, epilog=_predict_epilog(),
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=30),
+        description="Chunk, translate, embed (DNABERT-S + ESM-2 3B) and classify every sequence of INPUT.\n"
+        "Results go to {prefix}_merged/ like the original VirNucPro, where prefix is the input path\n"
+        "up to its first '.fa'; other names lose their extension (x.fq.gz gives x_merged/).",
     )
-    p.add_argument("input", type=Path, nargs="?", help="FASTA or FASTQ, optionally gzip-compressed")
-    p.add_argument("positional_len", nargs="?", type=int, metavar="LEN",
+    _input_output_options(p.add_argument_group("input and output"))
+    _call_options(p.add_argument_group("per-sequence calls (prediction_summary.tsv, viral_sequences.fa)"))
+    _model_options(p.add_argument_group("models"))
+    _device_options(p.add_argument_group("devices and speed"))
+    _resume_options(p.add_argument_group("resume"))
+    _monitoring_options(p.add_argument_group("monitoring and logging"))
+
+
+def _input_output_options(g) -> None:
+    g.add_argument("input", type=Path, metavar="INPUT", nargs="?",
+                   help="FASTA or FASTQ, plain or gzip (told by the content); - reads standard input")
+    g.add_argument("positional_len", nargs="?", type=int, metavar="LEN",
                    help="chunk length, positional as in the original (300 or 500)")
-    p.add_argument("positional_classifier", nargs="?", type=Path, metavar="MODEL",
+    g.add_argument("positional_classifier", nargs="?", type=Path, metavar="MODEL",
                    help="classifier .pth, positional as in the original")
-    p.add_argument("-m", "--chunk-len", type=int, choices=CHUNK_LENGTHS, default=None,
-                   help="chunk length and model (default 500)")
-    p.add_argument("--classifier", type=Path, help="classifier .pth (default: the model cache)")
-    p.add_argument("--esm-model", type=Path, help="ESM-2 3B checkpoint (.pt)")
-    p.add_argument("--dnabert-model", type=Path, help="DNABERT-S folder (config.json, weights, tokenizer.json)")
-    p.add_argument("-o", "--output-dir", type=_folder, help="results folder (default {prefix}_merged)")
-    p.add_argument("--devices", default="auto",
-                   help="auto (every visible GPU, else the CPU), or a list: cuda:0,cuda:2 or cpu,cpu; "
-                   "one worker process per device (default auto)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto = bf16 on GPUs, fp32 on CPUs (default auto)")
-    p.add_argument("--batch-tokens", type=_number(int, 64, "must be a whole number of tokens, at least 64"),
-                   metavar="N", help="token budget per batch (default: by device)")
-    p.add_argument("--no-compile", action="store_true",
-                   help="skip torch.compile of ESM-2 on GPUs (a few seconds less start-up, ~20%% slower)")
-    p.add_argument("--rna-as-dna", action="store_true",
+    g.add_argument("-m", "--chunk-len", type=int, choices=CHUNK_LENGTHS, default=None, metavar="300|500",
+                   help="chunk length and model: 300 for short reads, 500 for contigs (default 500)")
+    g.add_argument("-o", "--output-dir", type=_folder, metavar="DIR",
+                   help="results folder (default {prefix}_merged; stdin_merged for -)")
+    g.add_argument("--force", action="store_true",
+                   help="replace the results of another input in the results folder (refused otherwise)")
+    g.add_argument("--rna-as-dna", action="store_true",
                    help="read U as T (RNA input); by default, as the original, codons holding U are dropped")
-    p.add_argument("--keep-intermediate", action="store_true",
+    g.add_argument("--keep-intermediate", action="store_true",
                    help="also write the original's intermediate FASTA files")
-    p.add_argument("--reference", action="store_true",
-                   help="run the original algorithm (fp32, one-by-one DNABERT-S, 2048-token ESM batches)")
-    p.add_argument("--demo", action="store_true",
-                   help="tiny random models for the models not given: runs offline, results meaningless")
-    p.add_argument("--restart", action="store_true", help="discard results of an earlier interrupted run")
-    p.add_argument("--save-embeddings", action="store_true",
+    g.add_argument("--save-embeddings", action="store_true",
                    help="also write per-frame DNABERT-S and ESM-2 embeddings to RESULTS/embeddings/ (.npy)")
-    p.add_argument("--shard-tokens", type=_number(int, 1, "must be a positive whole number of tokens"),
+
+
+def _call_options(g) -> None:
+    g.add_argument("--min-virus-fraction", type=_share, default=RunConfig.min_virus_fraction, metavar="F",
+                   help="a sequence is virus when at least this share of its scored chunks is "
+                   f"(0 < F <= 1; default {RunConfig.min_virus_fraction})")
+    g.add_argument("--threshold", type=_score, default=None, metavar="T",
+                   help="a chunk is virus when its best virus score (score2) is >= T (0..1); default: "
+                   "the original's rule, best score2 >= best score1")
+
+
+def _model_options(g) -> None:
+    g.add_argument("--classifier", type=Path, metavar="FILE",
+                   help="classifier .pth (default: 300_model.pth or 500_model.pth in the model cache)")
+    g.add_argument("--esm-model", type=Path, metavar="FILE", help="ESM-2 3B checkpoint (.pt)")
+    g.add_argument("--dnabert-model", type=Path, metavar="DIR",
+                   help="DNABERT-S folder (config.json, weights, tokenizer.json)")
+    g.add_argument("--demo", action="store_true",
+                   help="tiny random models for the models not given: runs offline, results meaningless")
+
+
+def _device_options(g) -> None:
+    g.add_argument("--devices", default="auto", metavar="LIST",
+                   help="auto (every visible GPU, else the CPU), or a list: cuda:0,cuda:2 or cpu; "
+                   "one worker process per device (default auto)")
+    g.add_argument("-t", "--threads", type=_number(int, 1, "must be a whole number of threads, at least 1"),
+                   metavar="N", help="CPU threads for inference on the CPU and the host side of GPU workers "
+                   "(default: torch's, one per core); reading and translating use one")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto", metavar="|".join(PRECISIONS),
+                   help="auto = bf16 on GPUs, fp32 on CPUs (default auto)")
+    g.add_argument("--batch-tokens", type=_number(int, 64, "must be a whole number of tokens, at least 64"),
+                   metavar="N", help="token budget per batch (default: by device)")
+    g.add_argument("--no-compile", action="store_true",
+                   help="skip torch.compile of ESM-2 on GPUs (a few seconds less start-up, ~20%% slower)")
+    g.add_argument("--reference", action="store_true",
+                   help="run the original algorithm (fp32, one-by-one DNABERT-S, 2048-token ESM batches)")
+
+
+def _resume_options(g) -> None:
+    g.add_argument("--restart", action="store_true",
+                   help="discard the checkpoints of an earlier interrupted run instead of resuming it")
+    g.add_argument("--shard-tokens", type=_number(int, 1, "must be a positive whole number of tokens"),
                    default=RunConfig.shard_tokens, metavar="N",
                    help=f"protein tokens per checkpointed shard (default {RunConfig.shard_tokens:,})")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
-    p.add_argument("--log-file", type=_file_to_write, metavar="FILE",
+
+
+def _monitoring_options(g) -> None:
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="debug messages: each device's start-up, each shard, throughput at every interval")
+    g.add_argument("--log-file", type=_file_to_write, metavar="FILE",
                    help="also write the log here (timestamps; not silenced by -q)")
-    p.add_argument("--monitor-interval", type=_SECONDS, default=10.0, metavar="SECONDS",
-                   help="GPU sampling, per-device throughput and stall checks every SECONDS (default 10)")
-    p.add_argument("--report-sequences", type=_number(int, 0, "must be a whole number, 0 or more"),
+    g.add_argument("--monitor-interval", type=_SECONDS, default=10.0, metavar="SECONDS",
+                   help="GPU sampling and stall checks every SECONDS (default 10); per-device lines "
+                   "in the log once a minute")
+    g.add_argument("--report-sequences", type=_number(int, 0, "must be a whole number, 0 or more"),
                    default=5, metavar="N",
-                   help="sequences drawn in report.html (default 5; 0: no report)")
+                   help="top-scoring sequences drawn chunk by chunk in report.html (default 5; 0: no report)")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -198,23 +284,27 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="virnucpro", description="Identify viral DNA with the VirNucPro method, on every GPU.")
+        prog="virnucpro", description="Identify viral DNA with the VirNucPro method, on every GPU.",
+        epilog="`virnucpro predict --help`: its options, examples, output files and exit codes.")
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_predict(sub)
     _add_scale_out(sub, sub.choices["predict"])
     plot = sub.add_parser("plot", help="draw a finished run's report for named sequences",
-                          description="Write an HTML report (run, GPUs, throughput, scores) whose "
-                          "per-sequence plots show the named sequences.")
-    plot.add_argument("results", type=Path, help="result folder of a finished run")
+                          description="Write the run's HTML report (results, scores, top-scoring "
+                          "sequences, run, GPUs, throughput) with the named sequences drawn chunk by chunk.")
+    plot.add_argument("results", type=Path, metavar="RESULT_DIR", help="result folder of a finished run")
     plot.add_argument("--ids", nargs="+", required=True, metavar="ID", help="sequence ids to draw")
     plot.add_argument("-o", "--output", type=_file_to_write, metavar="FILE",
                       help="HTML file to write (default RESULTS/plot.html)")
     _add_compare(sub)
     models = sub.add_parser("models", help="where models are looked for; download them")
     msub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
-    info = msub.add_parser("info", help="show where each model is looked for and whether it is there")
-    info.add_argument("-m", "--chunk-len", type=int, choices=CHUNK_LENGTHS, default=500)
+    info = msub.add_parser("info", help="show where each model is looked for and whether it is there",
+                           description="Where each model a run needs is looked for, and whether it is "
+                           f"there; exit code {ModelError.exit_code} when one is missing.")
+    info.add_argument("-m", "--chunk-len", type=int, choices=CHUNK_LENGTHS, default=500, metavar="300|500",
+                      help="the classifier for this chunk length (default 500)")
     dl = msub.add_parser("download", help="download the real models (needs internet)")
     dl.add_argument("--only", action="append", choices=MODEL_CHOICES,
                     help="download only this model (repeatable)")
@@ -245,26 +335,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         shard_tokens=args.shard_tokens,
         compile=not args.no_compile,
         batch_tokens=args.batch_tokens,
+        min_virus_fraction=args.min_virus_fraction,
+        threshold=args.threshold,
+        threads=args.threads,
     )
 
 
 def _predict(args: argparse.Namespace) -> int:
     from virnucpro import pipeline
-    from virnucpro.monitoring.events import Monitor, log_subscriber
-    from virnucpro.monitoring import MonitorOptions, attach
 
     config = config_from_args(args)
-    monitor = Monitor()
-    monitor.subscribe(log_subscriber)
-    # a bar on a terminal; in a batch job's captured stderr, plain lines instead
-    progress = "off" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
-    session = attach(monitor, MonitorOptions(
-        interval=args.monitor_interval, progress=progress,
-        report_sequences=args.report_sequences if args.report_sequences > 0 else None))
-    try:
-        outcome = pipeline.run(config, monitor, restart=args.restart)
-    finally:
-        session.close()
+    with _monitored(args) as monitor:
+        outcome = pipeline.run(config, monitor, restart=args.restart, force=args.force)
     for line in closing_lines(outcome):
         log.info(line)
     if outcome.demo_models:
@@ -326,9 +408,14 @@ def _models(args: argparse.Namespace) -> int:
     if args.models_command == "info":
         from virnucpro.models.bundle import model_locations
 
-        for loc in model_locations(args.chunk_len):
+        locations = model_locations(args.chunk_len)
+        for loc in locations:
             state = "present" if loc.present else f"MISSING (get it: {loc.how_to_get})"
             print(f"{loc.name:<20} {state}\n{'':<20} {loc.path}")
+        missing = [loc.name for loc in locations if not loc.present]
+        if missing:  # scripts checking a node before a run see it in the exit code
+            print(f"missing: {', '.join(missing)}; `virnucpro models download` fetches them")
+            return ModelError.exit_code
         return 0
     from virnucpro.models.download import download
 
@@ -364,6 +451,8 @@ def _add_scale_out(sub: argparse._SubParsersAction, predict: argparse.ArgumentPa
         "repeated or unfinished part are refused before anything is written (exit 2).")
     merge.add_argument("parts", type=Path, nargs="+", metavar="PART_DIR", help="the folders of predict --part")
     merge.add_argument("-o", "--output-dir", type=_folder, required=True, help="results folder")
+    merge.add_argument("--force", action="store_true",
+                       help="replace the results of another input in the results folder (refused otherwise)")
     merge.add_argument("--report-sequences", type=_number(int, 0, "must be a whole number, 0 or more"),
                        default=5, metavar="N", help="sequences drawn in report.html (default 5; 0: no report)")
     merge.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -389,17 +478,21 @@ def _predict_command(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _monitored(args: argparse.Namespace, *, report: bool = True):
-    """A monitor for one run, with the usual watchers: progress, GPU sampling, run summary
-    and (unless `report` is off) report.html."""
-    from virnucpro.monitoring import MonitorOptions, attach
+    """A monitor for one run (a whole input, a part, a sample or a merge), with the usual
+    watchers: progress, GPU sampling, run summary and (unless `report` is off) report.html."""
+    from virnucpro.monitoring import DEVICE_LOG_INTERVAL, MonitorOptions, attach
     from virnucpro.monitoring.events import Monitor, log_subscriber
 
     monitor = Monitor()
     monitor.subscribe(log_subscriber)
+    interval = getattr(args, "monitor_interval", 10.0)
+    # a bar on a terminal; in a batch job's captured stderr, plain lines instead
     progress = "off" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
-    sequences = args.report_sequences if report and args.report_sequences > 0 else None
-    session = attach(monitor, MonitorOptions(interval=getattr(args, "monitor_interval", 10.0), progress=progress,
-                                             report_sequences=sequences))
+    session = attach(monitor, MonitorOptions(
+        interval=interval, progress=progress,
+        # per-device lines: once a minute in a batch log, at every interval with -v
+        device_log_interval=interval if args.verbose else DEVICE_LOG_INTERVAL,
+        report_sequences=args.report_sequences if report and args.report_sequences > 0 else None))
     try:
         yield monitor
     finally:
@@ -413,9 +506,11 @@ def _predict_part(args: argparse.Namespace) -> int:
         raise InputError("--part needs -o PART_DIR: the folder `virnucpro merge` reads the part from")
     if args.keep_intermediate:
         raise InputError("--keep-intermediate writes files of the whole input: not with --part")
+    if str(args.input) == "-":
+        raise InputError("--part reads its input again in every part and in the merge: give a file, not -")
     config = dataclasses.replace(config_from_args(args), part=args.part)
     with _monitored(args, report=False) as monitor:  # a part has no result tables to draw
-        outcome = pipeline.run(config, monitor, restart=args.restart)
+        outcome = pipeline.run(config, monitor, restart=args.restart, force=args.force)
     part = outcome.part
     resumed = f", {outcome.resumed_shards} shard(s) from an earlier run" if outcome.resumed_shards else ""
     log.info(f"part {part.k}/{part.n}: {outcome.frames:,} of the run's {part.frames:,} frames ({part.part_shards} "
@@ -444,7 +539,7 @@ def _predict_samples(args: argparse.Namespace) -> int:
         log.info(f"sample {name} ({position[name]} of {len(samples)})")
         return _monitored(args)
 
-    outcomes = pipeline.run_samples(configs, monitored, restart=args.restart)
+    outcomes = pipeline.run_samples(configs, monitored, restart=args.restart, force=args.force)
     for result in outcomes:
         for line in closing_lines(result.outcome) if result.outcome else []:
             log.info(f"sample {result.name}: {line}")
@@ -464,7 +559,7 @@ def _merge(args: argparse.Namespace) -> int:
     from virnucpro import pipeline
 
     with _monitored(args) as monitor:
-        outcome = pipeline.merge(args.parts, args.output_dir, monitor)
+        outcome = pipeline.merge(args.parts, args.output_dir, monitor, force=args.force)
     lines = closing_lines(outcome)
     lines[-1] = f"{outcome.frames:,} frames of {outcome.device} merged in {outcome.seconds:.1f} s ({outcome.dtype})"
     for line in lines:

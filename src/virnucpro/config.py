@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from virnucpro.errors import InputError
-from virnucpro.layout import RunLayout
+from virnucpro.layout import STDIN, STDIN_LABEL, RunLayout
 
 CHUNK_LENGTHS = (300, 500)  # the released classifiers' chunk lengths
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
@@ -64,7 +64,7 @@ class PartSpec:
 
 @dataclass(frozen=True)
 class RunConfig:
-    input: Path
+    input: Path  # `-`: standard input, which the pipeline spools to a file and reads from there
     chunk_len: int = 500
     out_dir: Path | None = None  # None: the original's `{prefix}_merged/`
     models: ModelPaths = field(default_factory=ModelPaths)
@@ -81,6 +81,10 @@ class RunConfig:
     # Per-sequence calls (prediction_summary.tsv); the original's two files do not depend on them.
     min_virus_fraction: float = 0.5  # share of a sequence's scored chunks that must be virus
     threshold: float | None = None  # a chunk is virus when its max score2 >= this (None: the original's rule)
+    threads: int | None = None  # CPU threads for inference on the CPU and host work (None: torch's default)
+    # What the user named as the input when `input` is a stand-in for it: `-` once standard
+    # input is spooled to a file. Names results and messages. None: `input` itself.
+    input_name: str | None = None
     part: PartSpec | None = None  # compute only this part of the run's shards (predict --part K/N)
 
     def __post_init__(self) -> None:
@@ -96,22 +100,38 @@ class RunConfig:
             raise InputError(f"--min-virus-fraction must be in (0, 1], got {self.min_virus_fraction}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise InputError(f"--threshold must be in [0, 1], got {self.threshold}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {self.threads}")
+
+    @property
+    def reads_stdin(self) -> bool:
+        return str(self.input) == STDIN and self.input_name is None
+
+    @property
+    def input_label(self) -> str:
+        """The input as messages and the run summary name it."""
+        name = self.input_name if self.input_name is not None else str(self.input)
+        return STDIN_LABEL if name == STDIN else name
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(self.input, self.chunk_len, self.out_dir)
+        return RunLayout(Path(self.input_name) if self.input_name is not None else self.input,
+                         self.chunk_len, self.out_dir)
 
     @property
     def result_dir(self) -> Path:
         return self.layout.result_dir
 
     def fingerprint_parameters(self, model_identity: dict[str, str], input_identity: str, dtype: str,
-                               original_files: list[str] | None = None) -> dict:
+                               original_files: list[str] | None = None, cpu_threads: int | None = None) -> dict:
         """Everything that can change a byte of the results: resuming needs an exact match.
 
         `original_files`: identities of the original VirNucPro's files whose embeddings the run
         may reuse (stages.reuse_original.original_identity), so that a resumed run never mixes
         shards computed with other (or without) such files; None when there are none.
+        `cpu_threads`: the threads a run on CPU devices computes with (CPU kernels' reductions
+        round differently with another count); None on GPUs, whose results it does not touch.
+        The per-sequence call options are not here: they do not change a stored shard.
         """
         parameters = {
             "input": input_identity,
@@ -126,6 +146,8 @@ class RunConfig:
         }
         if original_files is not None:
             parameters["legacy_files"] = list(original_files)  # the key predates the name
+        if cpu_threads is not None:
+            parameters["cpu_threads"] = cpu_threads
         return parameters
 
     def fingerprint(self, model_identity: dict[str, str], input_identity: str, dtype: str,
@@ -134,8 +156,10 @@ class RunConfig:
         return fingerprint_of(self.fingerprint_parameters(model_identity, input_identity, dtype, original_files))
 
     def describe(self) -> dict:
-        """JSON-able parameters for logs and run summaries."""
+        """JSON-able parameters for logs and run summaries (the input as the user named it,
+        not a spool of standard input)."""
         d = asdict(self)
+        d["input"] = self.input_label
         return json.loads(json.dumps(d, default=str))
 
 
@@ -163,7 +187,7 @@ def fingerprint_of(parameters: dict) -> str:
 # fingerprint parameter -> how the user sets it
 _SET_BY = {"chunk_len": "-m/--chunk-len", "reference": "--reference", "dtype": "--precision (as resolved)",
            "shard_tokens": "--shard-tokens", "batch_tokens": "--batch-tokens", "compile": "--no-compile",
-           "rna_as_dna": "--rna-as-dna"}
+           "rna_as_dna": "--rna-as-dna", "cpu_threads": "-t/--threads (on the CPU)"}
 _MODEL_NAMES = {"esm": "the ESM-2 model", "dnabert": "the DNABERT-S model", "classifier": "the classifier"}
 
 
@@ -178,13 +202,13 @@ def describe_changes(stored: dict, now: dict, labels: tuple[str, str] = ("then",
         if before == after:
             continue
         if key == "input":
-            changes.append(f"the input file {verb} ({_identity_detail(before)} {first}, "
-                           f"{_identity_detail(after)} {second})")
+            changes.append(f"the input file {verb} ({identity_detail(before)} {first}, "
+                           f"{identity_detail(after)} {second})")
         elif key == "models":
             for name in sorted(set(before or {}) | set(after or {})):
                 if (before or {}).get(name) != (after or {}).get(name):
-                    changes.append(f"{_MODEL_NAMES.get(name, name)}: {_identity_detail((before or {}).get(name))} "
-                                   f"{first}, {_identity_detail((after or {}).get(name))} {second}")
+                    changes.append(f"{_MODEL_NAMES.get(name, name)}: {identity_detail((before or {}).get(name))} "
+                                   f"{first}, {identity_detail((after or {}).get(name))} {second}")
         elif key == "legacy_files":
             changes.append(f"the original VirNucPro's files beside the input {verb} ({first}, {second})")
         else:
@@ -196,7 +220,7 @@ def _shown(value) -> str:
     return "auto" if value is None else json.dumps(value)
 
 
-def _identity_detail(identity: str | None) -> str:
+def identity_detail(identity: str | None) -> str:
     """A file identity (path|sha256:... or path|size:..|mtime_ns:..) as a person reads it."""
     if identity is None:
         return "none"

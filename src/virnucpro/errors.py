@@ -30,7 +30,8 @@ class ModelError(VirnucproError):
 
 
 class CheckpointMismatch(VirnucproError):
-    """An existing checkpoint store belongs to a different input, parameters or models."""
+    """The output folder holds another run's state: a checkpoint store of a different input,
+    parameters or models, or the results of a different input."""
 
     exit_code = 5
 
@@ -39,3 +40,19 @@ class WorkerFailed(VirnucproError):
     """A device worker failed in a way that retrying will not fix."""
 
     exit_code = 6
+
+
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM
+
+# Every exit code of the command, for --help and the README.
+EXIT_CODES = (
+    (0, "success"),
+    (InputError.exit_code, "bad input or command line"),
+    (OutputError.exit_code, "output folder or file not writable"),
+    (ModelError.exit_code, "a model missing or invalid"),
+    (CheckpointMismatch.exit_code, "the output folder holds a checkpoint or results of another input or run"),
+    (WorkerFailed.exit_code, "a device worker failed"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); finished shards are kept"),
+    (EXIT_TERMINATED, "terminated (SIGTERM); finished shards are kept"),
+)

@@ -26,6 +26,9 @@ from virnucpro.errors import OutputError
 
 # --------------------------------------------------------------------------- the result folder
 
+STDIN = "-"  # the input argument that reads standard input
+STDIN_PREFIX = "stdin"  # ... whose results go to stdin_merged/ (unless -o)
+STDIN_LABEL = "standard input"  # ... and what messages, the summary and the report call it
 RESULTS_NAME = "prediction_results.txt"  # one row per kept frame (the original's)
 HIGHEST_NAME = "prediction_results_highestscore.csv"  # one row per chunk (the original's)
 SEQUENCES_NAME = "prediction_summary.tsv"  # one row per input record: its call
@@ -39,6 +42,21 @@ STORE_DIRNAME = ".virnucpro_store"  # checkpoint store, removed after a successf
 LOCK_NAME = ".virnucpro.lock"  # held while a run writes to the folder
 PART_NAME = "part.json"  # a finished part of a run (predict --part): written last, beside its store
 
+# What each file of the result folder holds, in one line (the CLI's help; the README says more).
+OUTPUT_FILES = (  # (* the original VirNucPro's files, byte for byte)
+    (SEQUENCES_NAME, "per input sequence: its call and scores"),
+    (VIRAL_FASTA_NAME, "the sequences called virus, as in the input"),
+    (RESULTS_NAME, "per kept frame: score1 (others), score2 (virus) *"),
+    (HIGHEST_NAME, "per chunk: Is_Virus (TAB separated) *"),
+    (REPORT_NAME, "the results, then how the run went (opens offline)"),
+    (SUMMARY_NAME, "counts, parameters, models, devices, times, warnings"),
+    (METRICS_NAME, "GPU samples (GPU runs)"),
+)
+
+# Other names than the original's .fa* ones: a .gz, then one of these, is cut off the prefix.
+_COMPRESSION_SUFFIXES = (".gz",)
+_SEQUENCE_SUFFIXES = (".fastq", ".fq", ".fasta", ".fas", ".fa", ".fna", ".ffn", ".seq", ".txt")
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -50,8 +68,7 @@ class RunLayout:
 
     @property
     def prefix(self) -> str:
-        """The original's output prefix: the input path up to its FIRST '.fa'."""
-        return str(self.input).split(".fa")[0]
+        return output_prefix(self.input)
 
     @property
     def result_dir(self) -> Path:
@@ -83,6 +100,27 @@ class RunLayout:
     @property
     def original_run(self) -> "OriginalRunFiles":
         return OriginalRunFiles(self.prefix)
+
+
+def output_prefix(input_path: Path) -> str:
+    """What result and intermediate names start with. A FASTA name holding '.fa' (x.fa,
+    x.fasta, x.fa.gz): the original's prefix, the input path up to its FIRST '.fa', kept
+    exactly (the original's files for it are found by it). Other names (x.fastq, x.fq.gz;
+    the original read FASTA only): the path without a .gz and one sequence extension, so
+    x.fastq gives x, not the original's 'x.'. Standard input: 'stdin'."""
+    text = str(input_path)
+    if text == STDIN:
+        return STDIN_PREFIX
+    if ".fa" in Path(text).name.replace(".fastq", ""):
+        return text.split(".fa")[0]
+    stem = _without_suffix(text, _COMPRESSION_SUFFIXES)
+    return _without_suffix(stem, _SEQUENCE_SUFFIXES)
+
+
+def _without_suffix(text: str, suffixes: tuple[str, ...]) -> str:
+    lowered = text.lower()
+    cut = next((s for s in suffixes if lowered.endswith(s) and len(Path(text).name) > len(s)), "")
+    return text[: len(text) - len(cut)]
 
 
 @dataclass(frozen=True)
@@ -117,7 +155,7 @@ class OriginalRunFiles:
         return any(p.is_file() for p in self.embeddings(1))
 
 
-# --------------------------------------------------------------------------- ids
+# --------------------------------------------------------------------------- ids and chunks
 
 def chunk_name(record_id: str, number: int) -> str:
     """Chunk `number` (from 1) of a record: `{record}_chunk_{number}`."""
@@ -133,6 +171,38 @@ def record_and_chunk(frame_id: str) -> tuple[str, int] | None:
     """'read7_chunk_12R2' -> ('read7', 12); None for ids not in the chunk form."""
     record, sep, rest = chunk_of(frame_id).rpartition("_chunk_")
     return (record, int(rest)) if sep and rest.isdigit() else None
+
+
+def chunk_starts(length: int, chunk_len: int) -> list[int]:
+    """Start offsets of the chunks of a sequence of `length` bases ([] when length is 0),
+    as the original cuts them (SPEC 1; stages/chunk.py cuts, the report draws them):
+        n = ceil(L / cs); R = n*cs - L; lo = R // n; up = lo + 1
+        need = R - lo*(n-1); gaps = [up]*need + [lo]*(n-1-need)
+        chunk i starts at i*cs - sum(gaps[:i]) (and is clipped at L)"""
+    if chunk_len <= 0:
+        raise ValueError(f"chunk length must be positive, got {chunk_len}")
+    if length <= 0:
+        return []
+    n = -(-length // chunk_len)  # ceil without floats
+    remainder = n * chunk_len - length
+    lo = remainder // n
+    up = lo + 1
+    need = remainder - lo * (n - 1)
+    # sum(gaps[:i]) in closed form: the first `need` gaps are `up`, the rest `lo`.
+    return [i * chunk_len - (up * min(i, need) + lo * max(0, i - need)) for i in range(n)]
+
+
+def chunk_spans(length: int, chunk_len: int) -> list[tuple[int, int]]:
+    """(start, end) in bases of each chunk of a sequence of `length` bases."""
+    return [(start, min(start + chunk_len, length)) for start in chunk_starts(length, chunk_len)]
+
+
+def chunk_is_virus(max_score1: float, max_score2: float, threshold: float | None = None) -> bool:
+    """A chunk's call from its frames' best scores: the original's Is_Virus (max score2 >=
+    max score1), or max score2 >= `threshold` when one is set (--threshold)."""
+    if threshold is None:
+        return max_score2 >= max_score1
+    return max_score2 >= threshold
 
 
 # --------------------------------------------------------------------------- writing

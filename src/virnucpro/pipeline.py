@@ -1,12 +1,14 @@
 """The whole run on one screen.
 
-  check the input opens -> one worker per device loads the models, while the input's ids are
+  [standard input copied into the result folder]
+  check the input opens (its first records: hints) -> the result folder holds no other input's
+     results -> one worker per device loads the models, while the input's ids are
      checked for duplicates -> open the checkpoint store (fingerprint of input, parameters,
      models)
   records -> chunks -> frames (streamed; intermediates written on the way)
   -> shards of ~equal cost -> each shard: from the store, or run by a worker and stored
      (with the original VirNucPro's embeddings for the frames its files cover)
-  -> result tables in input order [-> embeddings/] -> store discarded
+  -> result tables in input order, per-sequence calls [-> embeddings/] -> store discarded
 
 Scaled out, the same pieces in other arrangements:
   - a part (--part K/N) streams the whole input alike but hands the workers only the shards
@@ -35,18 +37,21 @@ from virnucpro.engine.scheduler import DeviceReady, Engine, EngineEvent, Job, Jo
 from virnucpro.engine.sharding import Shard, plan_shards
 from virnucpro.engine.worker import Task
 from virnucpro.errors import CheckpointMismatch, InputError, ModelError, OutputError, WorkerFailed
-from virnucpro.layout import (EMBEDDINGS_DIRNAME, METRICS_NAME, PART_NAME, PLOT_NAME, SEQUENCES_NAME, SUMMARY_NAME,
-                              VIRAL_FASTA_NAME, RunLayout, chunk_of, prepare_result_dir, remove_created_folder,
-                              remove_quietly, remove_stale_temporaries)
+from virnucpro.layout import (EMBEDDINGS_DIRNAME, METRICS_NAME, PART_NAME, PLOT_NAME, SEQUENCES_NAME, STDIN,
+                              SUMMARY_NAME, VIRAL_FASTA_NAME, RunLayout, chunk_of, prepare_result_dir,
+                              remove_created_folder, remove_quietly, remove_stale_temporaries)
 from virnucpro.models.bundle import locate_models
 from virnucpro.monitoring.events import Monitor
 from virnucpro.monitoring.gpu import merge_metrics
+from virnucpro.monitoring.summary import refuse_another_input
 from virnucpro.predict.precision import Precision, check_one_device_kind
 from virnucpro.predict.task import DeviceInfo, ShardWork, frame_cost, make_frame_task
 from virnucpro.stages.calls import CallCounts, CallRule, SequenceCalls
 from virnucpro.stages.embeddings import EmbeddingsWriter
 from virnucpro.stages.read import InputState, check_input_opens, check_unique_ids
 from virnucpro.stages.reuse_original import OriginalRun, original_identity
+from virnucpro.stages.chunk import chunk_length_hint
+from virnucpro.stages.stdin import Spool, spooled_stdin
 from virnucpro.stages.stream import RnaRecords, stream_frames
 from virnucpro.stages.types import Frame
 from virnucpro.stages.write import IntermediateFiles, ResultWriter
@@ -81,16 +86,17 @@ class SampleOutcome:
     error: Exception | None = None  # one of SAMPLE_ERRORS
 
 
-def run(config: RunConfig, monitor: Monitor, *, restart: bool = False,
+def run(config: RunConfig, monitor: Monitor, *, restart: bool = False, force: bool = False,
         task_factory: TaskFactory = make_frame_task) -> RunOutcome:
-    """One run, or one part of a run, on workers of its own."""
+    """One run, or one part of a run, on workers of its own. restart: discard a checkpoint
+    store of another run; force: replace the results of another input in the result folder."""
     with Workers(task_factory) as workers:
-        return run_on(workers, config, monitor, restart=restart)
+        return run_on(workers, config, monitor, restart=restart, force=force)
 
 
 def run_samples(samples: Iterable[tuple[str, RunConfig]],
                 monitored: Callable[[str], contextlib.AbstractContextManager[Monitor]], *, restart: bool = False,
-                task_factory: TaskFactory = make_frame_task) -> list[SampleOutcome]:
+                force: bool = False, task_factory: TaskFactory = make_frame_task) -> list[SampleOutcome]:
     """Every sample of a sheet, one after the other, on one set of workers (the models load
     once, with the first sample). Each sample is a whole run into its own folder, watched by
     its own monitor (its own run summary and report), resuming from its own store. A sample
@@ -100,33 +106,65 @@ def run_samples(samples: Iterable[tuple[str, RunConfig]],
         for name, config in samples:
             with monitored(name) as monitor:
                 try:
-                    outcomes.append(SampleOutcome(name, run_on(workers, config, monitor, restart=restart)))
+                    outcomes.append(SampleOutcome(name, run_on(workers, config, monitor, restart=restart,
+                                                               force=force)))
                 except SAMPLE_ERRORS as exc:
                     workers.settle()  # its shards in flight, before the next sample's
                     outcomes.append(SampleOutcome(name, error=exc))
     return outcomes
 
 
-def run_on(workers: "Workers", config: RunConfig, monitor: Monitor, *, restart: bool = False) -> RunOutcome:
+def run_on(workers: "Workers", config: RunConfig, monitor: Monitor, *, restart: bool = False,
+           force: bool = False) -> RunOutcome:
+    """One run on `workers`, which may have served earlier runs (their models stay loaded)."""
+    if config.reads_stdin:
+        return _run_on_stdin(workers, config, monitor, restart, force)
+    return _run(workers, config, monitor, restart, force)
+
+
+def _run_on_stdin(workers: "Workers", config: RunConfig, monitor: Monitor, restart: bool,
+                  force: bool) -> RunOutcome:
+    """`-`: standard input, copied into the result folder (stdin_merged/ unless -o) and run
+    on from there; the copy goes whatever happens."""
+    folder = config.result_dir
+    created = prepare_result_dir(folder)
+    try:
+        with spooled_stdin(folder) as spool:
+            spooled = dataclasses.replace(config, input=spool.path, input_name=STDIN)
+            return _run(workers, spooled, monitor, restart, force, stdin=spool)
+    except BaseException:
+        remove_created_folder(folder, created)
+        raise
+
+
+def _run(workers: "Workers", config: RunConfig, monitor: Monitor, restart: bool, force: bool,
+         stdin: Spool | None = None) -> RunOutcome:
     start = time.perf_counter()
     layout = config.layout
     with monitor.stage("check input"):
         input_stat = InputState.stat_of(config.input) if config.input.is_file() else None
-        check_input_opens(config.input)
+        if hint := chunk_length_hint(check_input_opens(config.input), config.chunk_len, config.input_label):
+            monitor.warn(hint)
+    # Whose results the folder will hold: a path names a file; standard input, its content.
+    source = stdin.identity if stdin else str(config.input.resolve())
+    refuse_another_input(layout.result_dir, source, force=force, warn=monitor.warn)
     devices = workers.devices_for(config)
+    threads = config.threads or torch.get_num_threads()
     # What the results will depend on, known before any model loads: a resume that cannot
     # be is refused at once, naming what differs.
     models = locate_models(config.models, config.chunk_len, config.demo).identity()
     parameters = config.fingerprint_parameters(
-        models, file_identity(config.input), Precision.resolve(config.precision, devices[0], config.reference).name,
-        original_identity(layout.original_run))
+        models, stdin.identity if stdin else file_identity(config.input),
+        Precision.resolve(config.precision, devices[0], config.reference).name,
+        original_identity(layout.original_run), threads if devices[0].type == "cpu" else None)
     created = prepare_result_dir(layout.result_dir)  # before loading gigabytes of models
     try:
         with RunLock(layout.lock):
             stored = resumable(layout.store, parameters, restart=restart)
             remove_quietly(layout.result(PART_NAME))  # no finished part here until this run says so
             config = workers.pinned(config, stored)
-            outcome = _run_locked(config, layout, monitor, restart, workers, parameters, input_stat)
+            outcome = _run_locked(config, layout, monitor, restart, workers, parameters, input_stat,
+                                  _Started(source, threads))
             seconds = time.perf_counter() - start
             monitor.emit("run_finished", frames=outcome.frames, seconds=seconds)  # summary, report
     except BaseException:
@@ -135,6 +173,12 @@ def run_on(workers: "Workers", config: RunConfig, monitor: Monitor, *, restart: 
     return RunOutcome(str(layout.result_dir), outcome.frames, outcome.shards, outcome.resumed, seconds,
                       ", ".join(str(d) for d in devices), outcome.info.dtype, outcome.info.demo_models,
                       outcome.calls, outcome.part)
+
+
+@dataclass(frozen=True)
+class _Started:
+    source: str  # the input the results are of (run_summary.json's input_source)
+    threads: int  # CPU threads of the workers
 
 
 @dataclass
@@ -148,9 +192,9 @@ class _Done:
 
 
 def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart: bool, workers: "Workers",
-                parameters: dict, input_stat: tuple) -> _Done:
+                parameters: dict, input_stat: tuple, started_as: _Started) -> _Done:
     # Each device's worker loads the models itself, once; the parent never touches a GPU.
-    workers.launch(config, monitor)
+    workers.launch(config, monitor, started_as.threads)
     # The id check reads the whole input: on a large file it takes about as long as the
     # models take to load, so it runs meanwhile. A duplicate still stops the run before
     # any output: the workers are stopped on the way out.
@@ -173,7 +217,8 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
     monitor.info(f"predicting on {', '.join(str(d) for d in devices)} in {info.dtype}"
                  + (" (reference path)" if config.reference else "")
                  + (f", part {config.part} of the input's shards" if config.part else ""))
-    monitor.emit("run_started", input=str(config.input), result_dir=str(layout.result_dir),
+    monitor.emit("run_started", input=config.input_label, input_source=started_as.source,
+                 result_dir=str(layout.result_dir),
                  devices=[str(d) for d in devices], dtype=info.dtype,
                  parameters=config.describe(), models=dict(info.identity))
     done = _Done(info)
@@ -206,7 +251,7 @@ def _finish(config: RunConfig, layout: RunLayout, monitor: Monitor, original: Or
     run left there."""
     monitor.emit("sequences_called", **done.calls.as_dict())
     if done.frames == 0:
-        monitor.warn(f"{config.input}: no chunk has a stop-free reading frame; the result files hold headers only")
+        monitor.warn(f"{config.input_label}: no chunk has a stop-free reading frame; the result files hold headers only")
     if original is not None and original.reused:
         monitor.info(f"reused the embeddings of {original.reused:,} frames from the original VirNucPro's files")
     if config.save_embeddings:
@@ -246,7 +291,7 @@ def _frames(config: RunConfig, layout: RunLayout, monitor: Monitor, files: Inter
     frames = stream_frames(
         config.input, config.chunk_len, files, rna_as_dna=config.rna_as_dna, started=started, index=index,
         on_rna=lambda rna: _warn_rna(config, monitor, rna),
-        on_empty=lambda record: monitor.warn(f"{config.input}: record {record!r} is empty and was skipped"),
+        on_empty=lambda record: monitor.warn(f"{config.input_label}: record {record!r} is empty and was skipped"),
         on_progress=lambda read, total, frames, seconds: monitor.emit(
             "input_progress", bytes_read=read, bytes_total=total, frames=frames, seconds=seconds))
     if original is not None and layout.original_run.exists():
@@ -258,9 +303,9 @@ def _frames(config: RunConfig, layout: RunLayout, monitor: Monitor, files: Inter
 def _warn_rna(config: RunConfig, monitor: Monitor, rna: RnaRecords) -> None:
     names = ", ".join(rna.first) + (" ..." if rna.count > len(rna.first) else "")
     if config.rna_as_dna:
-        monitor.info(f"{config.input}: read U as T in {rna.count:,} record(s) ({names}), as --rna-as-dna asks")
+        monitor.info(f"{config.input_label}: read U as T in {rna.count:,} record(s) ({names}), as --rna-as-dna asks")
         return
-    monitor.warn(f"{config.input}: {rna.count:,} record(s) hold U, as RNA does ({names}); like the original "
+    monitor.warn(f"{config.input_label}: {rna.count:,} record(s) hold U, as RNA does ({names}); like the original "
                  "VirNucPro, every codon holding a U is dropped, so their frames rarely show a stop and "
                  "most are kept: their calls mean little. Rerun with --rna-as-dna to read U as T")
 
@@ -346,24 +391,25 @@ def _part_record(config: RunConfig, parameters: dict, device_kind: str, counts: 
     info = done.info
     return PartRecord(
         k=config.part.k, n=config.part.n, input=str(config.input.resolve()), parameters=parameters,
-        batch_tokens=info.batch_tokens, device_kind=device_kind,
-        cpu_threads=torch.get_num_threads() if device_kind == "cpu" else 0, dtype=info.dtype,
+        batch_tokens=info.batch_tokens, device_kind=device_kind, dtype=info.dtype,
         feature_dims=list(info.feature_dims), demo_models=list(info.demo_models),
         embeddings=config.save_embeddings, shards=counts.shards, frames=counts.frames, chunks=counts.chunks,
         records=counts.records, part_shards=done.shards, part_frames=done.frames, part_tokens=counts.own_tokens,
         part_chunks=counts.own_chunks)
 
 
-def merge(folders: list[Path], out_dir: Path, monitor: Monitor) -> RunOutcome:
+def merge(folders: list[Path], out_dir: Path, monitor: Monitor, *, force: bool = False) -> RunOutcome:
     """The N parts of a run -> the files a whole run writes. The input is streamed again and
     cut into the same shards; each shard's results come from the part that holds it, checked
-    to be exactly that shard's frames, and go through the whole run's own writing code."""
+    to be exactly that shard's frames, and go through the whole run's own writing code.
+    force: replace the results of another input in `out_dir`."""
     start = time.perf_counter()
     parts = PartSet(folders)  # every refusal, before anything is written
     if any(Path(out_dir).resolve() == folder.resolve() for folder in parts.folders):
         raise InputError(f"{out_dir} is one of the parts: write the merged results to a folder of their own")
     config = _merged_config(parts, Path(out_dir))
     layout = config.layout
+    refuse_another_input(layout.result_dir, str(config.input.resolve()), force=force, warn=monitor.warn)
     created = prepare_result_dir(layout.result_dir)
     try:
         with RunLock(layout.lock):
@@ -393,8 +439,9 @@ def _merge_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, parts:
     remove_stale_temporaries(layout.result_dir)
     monitor.info(f"merging the {record.n} part(s) of {config.input} ({record.frames:,} frames in "
                  f"{record.shards:,} shards)")
-    monitor.emit("run_started", input=str(config.input), result_dir=str(layout.result_dir), devices=[],
-                 dtype=info.dtype, parameters=config.describe(), models=dict(info.identity))
+    monitor.emit("run_started", input=config.input_label, input_source=str(config.input.resolve()),
+                 result_dir=str(layout.result_dir), devices=[], dtype=info.dtype, parameters=config.describe(),
+                 models=dict(info.identity))
     if info.demo_models:
         monitor.warn(f"DEMO MODE: the parts used random stand-in models for {', '.join(info.demo_models)}; "
                      "predictions are NOT biologically meaningful")
@@ -484,13 +531,13 @@ class Workers:
                 f"workers use {self.ready().batch_tokens}; run this sample alone to resume it, or with --restart")
         return dataclasses.replace(config, batch_tokens=budget)
 
-    def launch(self, config: RunConfig, monitor: Monitor) -> None:
+    def launch(self, config: RunConfig, monitor: Monitor, cpu_threads: int) -> None:
         """Start loading the models on every device (the first run only); the workers' events
         now go to this run's monitor."""
         self.events.monitor = monitor
         if self.engine is None:
             self.engine = Engine(functools.partial(self.task_factory, config), self.devices, on_event=self.events,
-                                 warn=lambda message: self.events.monitor.warn(message))
+                                 warn=lambda message: self.events.monitor.warn(message), cpu_threads=cpu_threads)
             self.engine.launch()
 
     def ready(self) -> DeviceInfo:

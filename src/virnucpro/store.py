@@ -241,8 +241,7 @@ class PartRecord:
     input: str  # the input's path: the merge reads it again (record index, viral FASTA)
     parameters: dict  # the run's fingerprint parameters: input identity, chunk length, models, precision, batch and shard settings
     batch_tokens: int  # the batch budget the devices used (their own choice unless --batch-tokens)
-    device_kind: str  # "cpu" or "cuda": they round differently
-    cpu_threads: int  # on the CPU, the threads each worker computed with (reductions round by them); 0 on GPUs
+    device_kind: str  # "cpu" or "cuda": they round differently (on the CPU, so do thread counts: in `parameters`)
     dtype: str
     feature_dims: list[int]  # DNABERT-S and ESM-2 widths
     demo_models: list[str]
@@ -356,9 +355,6 @@ def _check_same_run(a: tuple[Path, PartRecord], b: tuple[Path, PartRecord]) -> N
     if first.device_kind != other.device_kind:
         changes.append(f"computed on {first.device_kind} {labels[0]}, {other.device_kind} {labels[1]} "
                        "(they round differently)")
-    elif first.cpu_threads != other.cpu_threads:
-        changes.append(f"{first.cpu_threads} CPU thread(s) {labels[0]}, {other.cpu_threads} {labels[1]} (CPU "
-                       "kernels round by their thread count; OMP_NUM_THREADS sets it)")
     if changes:
         raise InputError(f"{folder_a} and {folder_b} are parts of different runs: {'; '.join(changes)}")
 

@@ -100,7 +100,9 @@ class Engine:
     def __init__(self, factory: worker.TaskFactory, devices: list[torch.device], *,
                  window: int | None = None,
                  on_event: Callable[[EngineEvent], None] | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None,
+                 cpu_threads: int | None = None) -> None:
+        """cpu_threads: what the host may use (None: torch's current setting)."""
         self.factory = factory
         self.devices = devices
         self.window = window or 4 * len(devices) + 2
@@ -109,10 +111,11 @@ class Engine:
         # Every CPU worker computes with the thread count a one-device run would use: CPU
         # kernels' reductions depend on it, and outputs must not depend on the device count
         # (several CPU workers then oversubscribe the cores; `cpu,cpu` is for testing).
-        self._cpu_threads = torch.get_num_threads()
+        self._cpu_threads = cpu_threads or torch.get_num_threads()
         # A GPU worker's host work (copying weights in at start, tokenizing) gets its share
         # of the cores: N workers each spinning up every core's thread oversubscribe them.
         self._gpu_worker_threads = max(1, self._cpu_threads // len(devices))
+        self._threads_before: int | None = None
         self._workers: list[_Worker] = []
         self._on_event = on_event or (lambda event: None)
         self._warn = warn or log.warning
@@ -125,9 +128,16 @@ class Engine:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._stop_all(graceful=exc_type is None)
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
 
     def launch(self) -> None:
         """Start a worker per device; they load their models while the caller goes on."""
+        if self.in_process:
+            # the one worker is a thread of this process: the process's setting is its own,
+            # given back when the run ends
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(self._cpu_threads)
         self._workers = [self._spawn(device) for device in self.devices]
 
     def wait_ready(self) -> Any:

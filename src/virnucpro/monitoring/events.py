@@ -78,8 +78,8 @@ def log_subscriber(event: Event) -> None:
         log.warning(event.data["message"])
     elif event.kind == "device_ready":
         d = event.data
-        if d["startup_s"]:
-            log.info(f"{d['device']}{' (restarted)' if d['restarts'] else ''} {describe_startup(d['startup_s'])}")
+        if d["startup_s"]:  # a detail: the summary's stage times say how long loading took
+            log.debug(f"{d['device']}{' (restarted)' if d['restarts'] else ''} {describe_startup(d['startup_s'])}")
     elif event.kind == "shard_done":
         d = event.data
         if d.get("resumed"):

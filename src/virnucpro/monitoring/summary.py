@@ -11,10 +11,13 @@ import logging
 import platform
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.layout import SUMMARY_NAME, write_text_atomic
+from virnucpro.config import identity_detail
+from virnucpro.errors import CheckpointMismatch
+from virnucpro.layout import STDIN_LABEL, SUMMARY_NAME, write_text_atomic
 from virnucpro.monitoring.events import Event, Monitor
 from virnucpro.monitoring.workers import WorkerWatch
 
@@ -155,6 +158,7 @@ class RunRecorder:
             "host": platform.node(),
             "command": sys.argv[1:],
             "input": s.get("input"),
+            "input_source": s.get("input_source"),  # the input's resolved path; standard input: its content hash
             "result_dir": s.get("result_dir"),
             "parameters": s.get("parameters", {}),
             "devices": s.get("devices", []),
@@ -182,6 +186,37 @@ class RunRecorder:
                           json.dumps(self.summary, indent=2) + "\n", fsync=False)
         for line in human_summary(self.summary):
             log.info(line)
+
+
+def refuse_another_input(result_dir: Path, source: str, *, force: bool, warn: Callable[[str], None]) -> None:
+    """A run never silently replaces the results of another input: `result_dir`'s
+    run_summary.json names the input they are of (its input_source: a resolved path, or
+    standard input's content hash). Results without one (the original's, an older
+    virnucpro's) cannot tell, and are replaced as before. force: replace them, with a warning."""
+    earlier = recorded_input(result_dir)
+    if earlier is None or earlier == source:
+        return
+    if not force:
+        raise CheckpointMismatch(
+            f"{result_dir} holds the results of another input, {_source_shown(earlier)}; this run's input is "
+            f"{_source_shown(source)}. Give another output folder (-o DIR), or --force to replace them")
+    warn(f"replacing the results of {_source_shown(earlier)} in {result_dir} (--force)")
+
+
+def _source_shown(source: str) -> str:
+    """A path as it is; standard input's 'standard input|sha256:...' as a person reads it."""
+    return identity_detail(source) if source.startswith(f"{STDIN_LABEL}|") else source
+
+
+def recorded_input(result_dir: Path) -> str | None:
+    """The input the results in `result_dir` are of (run_summary.json's input_source); None
+    when there is no summary or it does not say (the original's results, an older run's)."""
+    try:
+        summary = json.loads((Path(result_dir) / SUMMARY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    source = summary.get("input_source") if isinstance(summary, dict) else None
+    return source if isinstance(source, str) else None
 
 
 # What each part's account adds up to in a merge's.

@@ -72,6 +72,12 @@ class Plot:
         add(f'<text transform="translate(14 {(self.TOP + bottom) / 2:.0f}) rotate(-90)" '
             f'text-anchor="middle" fill="#555">{escape(y_label)}</text>')
 
+    def marker(self, x: float, label: str) -> None:
+        """A dashed vertical line at x across the data, labelled at its top."""
+        self.parts.append(f'<line class="marker" x1="{self.px(x):.1f}" x2="{self.px(x):.1f}" y1="{self.TOP}" '
+                          f'y2="{self.height - self.BOTTOM}" stroke="#333" stroke-dasharray="4 3"/>'
+                          f'<text x="{self.px(x) + 4:.1f}" y="{self.TOP + 10}">{escape(label)}</text>')
+
     def legend(self, entries: Sequence[tuple[str, str]]) -> None:
         x = self.LEFT + 10
         for name, color in entries:
@@ -116,14 +122,24 @@ def bar_chart(bars: Sequence[tuple[str, float]], *, title: str, y_label: str) ->
     return plot.svg(title)
 
 
-def histogram(edges: Sequence[float], counts: Sequence[int], colors: Sequence[str], *, title: str,
-              x_label: str, y_label: str) -> str:
-    plot = Plot((edges[0], edges[-1]), (0.0, max(max(counts, default=0) * 1.1, 1.0)),
+def histogram(edges: Sequence[float], layers: Sequence[tuple[str, Sequence[int], str | Sequence[str]]], *,
+              title: str, x_label: str, y_label: str, marker: tuple[float, str] | None = None) -> str:
+    """Bars over `edges`, one layer (name, counts, colour or a colour per bin) stacked on the
+    one before; `marker`: (x, label) drawn as a dashed line, a threshold."""
+    totals = [sum(column) for column in zip(*(counts for _, counts, _ in layers))]
+    plot = Plot((edges[0], edges[-1]), (0.0, max(max(totals, default=0) * 1.1, 1.0)),
                 x_label=x_label, y_label=y_label)
-    for lo, hi, n, color in zip(edges, edges[1:], counts, colors):
-        plot.parts.append(f'<rect x="{plot.px(lo):.1f}" y="{plot.py(n):.1f}" '
-                          f'width="{max(plot.px(hi) - plot.px(lo) - 1, 0.5):.1f}" '
-                          f'height="{plot.py(0) - plot.py(n):.1f}" fill="{color}"/>')
+    base = [0] * len(totals)
+    for _, counts, colors in layers:
+        per_bin = [colors] * len(counts) if isinstance(colors, str) else colors
+        for i, (lo, hi, n, color) in enumerate(zip(edges, edges[1:], counts, per_bin)):
+            if n:
+                plot.parts.append(f'<rect x="{plot.px(lo):.1f}" y="{plot.py(base[i] + n):.1f}" '
+                                  f'width="{max(plot.px(hi) - plot.px(lo) - 1, 0.5):.1f}" '
+                                  f'height="{plot.py(base[i]) - plot.py(base[i] + n):.1f}" fill="{color}"/>')
+            base[i] += n
+    if marker is not None:
+        plot.marker(*marker)
     plot.legend([("virus", VIRUS), ("others", OTHER)])
     return plot.svg(title)
 

@@ -73,12 +73,14 @@ class WorkerWatch:
     imbalance (each condition once per device and shard, not at every tick)."""
 
     def __init__(self, monitor: Monitor, thresholds: Thresholds = Thresholds(),
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, log_every: float = 60.0):
+        """log_every: seconds between throughput lines in the log (checks run at every tick)."""
         self._monitor = monitor
         self.thresholds = thresholds
         self._clock = clock
+        self.log_every = log_every
         self.devices: dict[str, DeviceStats] = {}
-        self._last_tick = clock()
+        self._last_tick = clock()  # the last throughput line (or the run's start)
         self._warned: set[tuple[str, str, int]] = set()
 
     def stats(self, device: str) -> DeviceStats:
@@ -106,7 +108,8 @@ class WorkerWatch:
                 if s.first_start is not None:
                     s.gpu_busy.append(sample.utilization)
         elif event.kind == "tick":
-            self._log_throughput(now)
+            if now - self._last_tick >= self.log_every:
+                self._log_throughput(now)
             self.check(now)
 
     def _shard_done(self, s: DeviceStats, d: dict, now: float) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.errors import OutputError
-from virnucpro.layout import atomic_write, open_temp, record_and_chunk
+from virnucpro.layout import atomic_write, chunk_is_virus, open_temp, record_and_chunk
 from virnucpro.stages.read import read_records
 from virnucpro.stages.write import wrapped
 
@@ -38,9 +38,7 @@ class CallRule:
     threshold: float | None = None  # a chunk is virus when its max score2 >= this; None: the original's rule
 
     def chunk_is_virus(self, max_score1: float, max_score2: float) -> bool:
-        if self.threshold is None:
-            return max_score2 >= max_score1  # as prediction_results_highestscore.csv's Is_Virus
-        return max_score2 >= self.threshold
+        return chunk_is_virus(max_score1, max_score2, self.threshold)
 
 
 @dataclass(frozen=True)

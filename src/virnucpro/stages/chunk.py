@@ -12,22 +12,11 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
+from virnucpro.layout import chunk_starts  # the arithmetic, shared with the report's drawing
 from virnucpro.stages.types import Chunk, Record
 
-
-def chunk_starts(length: int, chunk_len: int) -> list[int]:
-    """Start offsets of the chunks of a sequence of `length` bases ([] when length is 0)."""
-    if chunk_len <= 0:
-        raise ValueError(f"chunk length must be positive, got {chunk_len}")
-    if length <= 0:
-        return []
-    n = -(-length // chunk_len)  # ceil without floats
-    remainder = n * chunk_len - length
-    lo = remainder // n
-    up = lo + 1
-    need = remainder - lo * (n - 1)
-    # sum(gaps[:i]) in closed form: the first `need` gaps are `up`, the rest `lo`.
-    return [i * chunk_len - (up * min(i, need) + lo * max(0, i - need)) for i in range(n)]
+__all__ = ["chunk_length_hint", "chunk_record", "chunk_starts", "iter_chunks"]
+SHORT_READ = 300  # bp: a shorter record is one short chunk for either model
 
 
 def chunk_record(record: Record, chunk_len: int) -> list[Chunk]:
@@ -53,3 +42,13 @@ def iter_chunks(
             on_empty(record.id)
             continue
         yield from chunk_record(record, chunk_len)
+
+
+def chunk_length_hint(lengths: list[int], chunk_len: int, input_name: str) -> str | None:
+    """-m 500 on short reads: each is one chunk far shorter than the 500 bp chunks the model
+    saw, and the 300 bp model fits them better. Judged on the first records' `lengths`."""
+    short = sum(length < SHORT_READ for length in lengths)
+    if chunk_len != 500 or short <= len(lengths) / 2:
+        return None
+    return (f"{short:,} of the first {len(lengths):,} records of {input_name} are shorter than {SHORT_READ} bp: "
+            "-m 300 (the model for 300 bp chunks) suits short reads better than -m 500")

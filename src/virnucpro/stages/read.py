@@ -427,18 +427,33 @@ def find_duplicate_ids(path: str | Path) -> tuple[list[str], IdTally]:
     return sorted(record_id for record_id, n in counts.items() if n > 1), tally
 
 
-def check_input_opens(path: Path) -> None:
+SAMPLE_RECORDS = 1_000  # records check_input_opens looks at ...
+SAMPLE_BASES = 1_000_000  # ... or fewer, once this many bases are read
+
+
+def check_input_opens(path: Path) -> list[int]:
     """Input problems that must stop a run before any work or output, the quick ones: the
-    file exists and its first record reads. (Unique ids: check_unique_ids.)"""
+    file exists and its first records read. (Unique ids: check_unique_ids.) Returns the
+    lengths of the first records (SAMPLE_RECORDS, or fewer once SAMPLE_BASES bases are read):
+    a glance at what the input holds, for hints, without reading it all again."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a regular file")
+    lengths: list[int] = []
+    bases = 0
     records = read_records(path)
-    first = next(records, None)
-    records.close()  # only the first record was needed: release the file now
-    if first is None:
+    try:
+        for record in records:
+            lengths.append(len(record.seq))
+            bases += len(record.seq)
+            if len(lengths) >= SAMPLE_RECORDS or bases >= SAMPLE_BASES:
+                break
+    finally:
+        records.close()  # only the first records were needed: release the file now
+    if not lengths:
         raise InputError(f"{path}: no sequences in this file (is it empty?)")
+    return lengths
 
 
 def check_unique_ids(path: Path) -> IdTally:
