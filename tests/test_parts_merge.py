@@ -128,6 +128,14 @@ def test_the_cli_merges_embeddings_summaries_and_report_per_part_and_device(tmp_
     assert main(["merge", str(tmp_path / "p2"), str(tmp_path / "p1"), "-o", str(tmp_path / "merged"), "-q"]) == 0
     merged = tmp_path / "merged"
     assert result_bytes(merged) == result_bytes(tmp_path / "whole")
+    # the per-sequence rule is the merge's to apply, as predict's is
+    assert main(["predict", str(source), "-m", "300", "--demo", "--devices", "cpu", "--shard-tokens", "250", "-q",
+                 "--threshold", "0.3", "-o", str(tmp_path / "whole_t")]) == 0
+    assert main(["merge", str(tmp_path / "p1"), str(tmp_path / "p2"), "-o", str(tmp_path / "merged_t"), "-q",
+                 "--threshold", "0.3"]) == 0
+    assert result_bytes(tmp_path / "merged_t") == result_bytes(tmp_path / "whole_t")
+    assert (tmp_path / "merged_t" / "prediction_summary.tsv").read_bytes() != \
+        (merged / "prediction_summary.tsv").read_bytes(), "the threshold changes some calls"
     for name in ("ids.txt", "dnabert_s.npy", "esm2.npy"):
         assert (merged / "embeddings" / name).read_bytes() == (tmp_path / "whole" / "embeddings" / name).read_bytes()
     summary = json.loads((merged / "run_summary.json").read_text())

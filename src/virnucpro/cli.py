@@ -453,6 +453,8 @@ def _add_scale_out(sub: argparse._SubParsersAction, predict: argparse.ArgumentPa
     merge.add_argument("-o", "--output-dir", type=_folder, required=True, help="results folder")
     merge.add_argument("--force", action="store_true",
                        help="replace the results of another input in the results folder (refused otherwise)")
+    # the per-sequence calls are made at the merge (the original's two files do not depend on them)
+    _call_options(merge.add_argument_group("per-sequence calls (prediction_summary.tsv, viral_sequences.fa)"))
     merge.add_argument("--report-sequences", type=_number(int, 0, "must be a whole number, 0 or more"),
                        default=5, metavar="N", help="sequences drawn in report.html (default 5; 0: no report)")
     merge.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -557,9 +559,11 @@ def _predict_samples(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     from virnucpro import pipeline
+    from virnucpro.stages.calls import CallRule
 
     with _monitored(args) as monitor:
-        outcome = pipeline.merge(args.parts, args.output_dir, monitor, force=args.force)
+        outcome = pipeline.merge(args.parts, args.output_dir, monitor, force=args.force,
+                                 calls=CallRule(args.min_virus_fraction, args.threshold))
     lines = closing_lines(outcome)
     lines[-1] = f"{outcome.frames:,} frames of {outcome.device} merged in {outcome.seconds:.1f} s ({outcome.dtype})"
     for line in lines:

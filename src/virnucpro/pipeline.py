@@ -398,16 +398,18 @@ def _part_record(config: RunConfig, parameters: dict, device_kind: str, counts: 
         part_chunks=counts.own_chunks)
 
 
-def merge(folders: list[Path], out_dir: Path, monitor: Monitor, *, force: bool = False) -> RunOutcome:
+def merge(folders: list[Path], out_dir: Path, monitor: Monitor, *, force: bool = False,
+          calls: CallRule = CallRule()) -> RunOutcome:
     """The N parts of a run -> the files a whole run writes. The input is streamed again and
     cut into the same shards; each shard's results come from the part that holds it, checked
     to be exactly that shard's frames, and go through the whole run's own writing code.
-    force: replace the results of another input in `out_dir`."""
+    force: replace the results of another input in `out_dir`; calls: the per-sequence rule
+    (made here: the parts hold frame scores only)."""
     start = time.perf_counter()
     parts = PartSet(folders)  # every refusal, before anything is written
     if any(Path(out_dir).resolve() == folder.resolve() for folder in parts.folders):
         raise InputError(f"{out_dir} is one of the parts: write the merged results to a folder of their own")
-    config = _merged_config(parts, Path(out_dir))
+    config = _merged_config(parts, Path(out_dir), calls)
     layout = config.layout
     refuse_another_input(layout.result_dir, str(config.input.resolve()), force=force, warn=monitor.warn)
     created = prepare_result_dir(layout.result_dir)
@@ -423,13 +425,14 @@ def merge(folders: list[Path], out_dir: Path, monitor: Monitor, *, force: bool =
                       f"{parts.record.n} part(s)", done.info.dtype, done.info.demo_models, done.calls)
 
 
-def _merged_config(parts: PartSet, out_dir: Path) -> RunConfig:
+def _merged_config(parts: PartSet, out_dir: Path, calls: CallRule) -> RunConfig:
     """The settings the parts were computed with, as far as writing the results needs them."""
     record, p = parts.record, parts.record.parameters
     return RunConfig(input=Path(record.input), chunk_len=p["chunk_len"], out_dir=out_dir, reference=p["reference"],
                      demo=bool(record.demo_models), batch_tokens=record.batch_tokens, shard_tokens=p["shard_tokens"],
                      compile=p["compile"], rna_as_dna=p["rna_as_dna"],
-                     save_embeddings=all(r.embeddings for r in parts.records))
+                     save_embeddings=all(r.embeddings for r in parts.records),
+                     min_virus_fraction=calls.min_virus_fraction, threshold=calls.threshold)
 
 
 def _merge_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, parts: PartSet) -> _Done:
