@@ -51,6 +51,23 @@ class DiesPreparing(TimesTen):
         return payload
 
 
+class SlowAfterFirst(TimesTen):
+    """Payload 0 at once, payloads 1-99 `seconds` long each, larger ones at once: the results
+    of the first jobs arrive one by one, so the parent has jobs in flight after the first."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(None, None)
+        self.seconds = seconds
+
+    def run(self, payload: int) -> int:
+        self.pause = self.seconds if 0 < payload < 100 else 0.0
+        return super().run(payload)
+
+
+def times_ten_slow_after_first(seconds: float, device) -> TimesTen:
+    return SlowAfterFirst(seconds)
+
+
 def times_ten_always_dies_preparing_0(device) -> TimesTen:
     return DiesPreparing(0, None)
 

@@ -223,3 +223,27 @@ def test_a_worker_process_freezes_its_heap_a_worker_thread_does_not():
         assert gc.get_threshold() == thresholds
     finally:
         gc.unfreeze()
+
+@pytest.mark.parametrize("devices", [[CPU], [CPU, CPU]], ids=["in-process", "two-processes"])
+def test_after_a_run_given_up_midway_settle_lets_the_engine_serve_the_next(devices):
+    """One engine, several runs (a sample sheet's samples): a run whose job stream fails
+    leaves jobs in flight; settle() waits them out, so their late results cannot pass for
+    the next run's jobs of the same index."""
+    def breaks_after(n):
+        yield from (Job(i, 1, i, f"job {i}") for i in range(n))
+        raise ValueError("the job stream broke")  # when job 0's result frees room in the window
+
+    started = []
+    with Engine(functools.partial(fault_tasks.times_ten_slow_after_first, 0.3), devices, window=4,
+                on_event=lambda e: started.append(e) if isinstance(e, JobDone) else None) as engine:
+        engine.launch()
+        engine.wait_ready()
+        with pytest.raises(ValueError):
+            list(engine.run(breaks_after(4)))
+        assert any(w.jobs for w in engine._workers), "the test needs jobs in flight when the stream breaks"
+        engine.settle()
+        assert not any(w.jobs for w in engine._workers)
+        reported = len(started)
+        out = list(engine.run(Job(i, 1, 100 + i, f"job {i}") for i in range(12)))
+    assert out == [(i, (100 + i) * 10) for i in range(12)]
+    assert len(started) - reported == 12  # settle's own results were not reported as the next run's

@@ -20,6 +20,8 @@ NEVER = {
     "layout": {"stages", "engine", "predict", "pipeline", "monitoring", "models", "store", "cli"},
     "config": {"stages", "engine", "predict", "pipeline", "monitoring", "models", "store", "cli"},
     "errors": {"stages", "engine", "predict", "pipeline", "monitoring", "models", "store", "config", "cli"},
+    # the Snakefile's helpers: the sample sheet and file names, nothing of a run
+    "workflow": {"stages", "engine", "predict", "pipeline", "monitoring", "models", "store", "cli"},
 }
 # The pure model files: torch (and each other, and the protein alphabet's constants), nothing
 # with I/O or host-side data handling.

@@ -4,6 +4,8 @@ on stderr and a non-zero exit code; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -13,7 +15,8 @@ import threading
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.config import CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, RunConfig
+from virnucpro.config import (CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, PartSpec, RunConfig,
+                              read_sample_sheet)
 from virnucpro.errors import (EXIT_CODES, EXIT_INTERRUPTED, EXIT_TERMINATED, InputError, ModelError, OutputError,
                               VirnucproError)
 from virnucpro.layout import EMBEDDINGS_DIRNAME, OUTPUT_FILES, SEQUENCES_NAME, VIRAL_FASTA_NAME
@@ -145,7 +148,9 @@ def _score(text: str) -> float:
 
 
 _PREDICT_USAGE = """%(prog)s INPUT [-m 300|500] [-o DIR] [options]
-       %(prog)s INPUT LEN MODEL [options]     (the original VirNucPro's form)"""
+       %(prog)s INPUT LEN MODEL [options]     (the original VirNucPro's form)
+       %(prog)s INPUT --part K/N -o PART_DIR [options]   (one part of a run; then virnucpro merge)
+       %(prog)s --samples SHEET.tsv -o OUT [options]     (every sample of a sheet, models loaded once)"""
 
 _PREDICT_EXAMPLES = """\
 examples:
@@ -155,6 +160,8 @@ examples:
   virnucpro predict contigs.fa 500 500_model.pth   as the original is called
   virnucpro predict reads.fa -m 300 --devices cuda:0,cuda:1 --log-file run.log
   virnucpro predict examples/ecoli_reads150.fa -m 300 --demo   offline, tiny random models
+  virnucpro predict reads.fa -m 300 --part 2/8 -o parts/2of8      part 2 of 8 (virnucpro merge joins them)
+  virnucpro predict --samples samples.tsv -m 300 -o results/     results/NAME/ for each sample
 """
 
 
@@ -184,7 +191,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _input_output_options(g) -> None:
-    g.add_argument("input", type=Path, metavar="INPUT",
+    g.add_argument("input", type=Path, metavar="INPUT", nargs="?",
                    help="FASTA or FASTQ, plain or gzip (told by the content); - reads standard input")
     g.add_argument("positional_len", nargs="?", type=int, metavar="LEN",
                    help="chunk length, positional as in the original (300 or 500)")
@@ -282,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_predict(sub)
+    _add_scale_out(sub, sub.choices["predict"])
     plot = sub.add_parser("plot", help="draw a finished run's report for named sequences",
                           description="Write the run's HTML report (results, scores, top-scoring "
                           "sequences, run, GPUs, throughput) with the named sequences drawn chunk by chunk.")
@@ -335,23 +343,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _predict(args: argparse.Namespace) -> int:
     from virnucpro import pipeline
-    from virnucpro.monitoring.events import Monitor, log_subscriber
-    from virnucpro.monitoring import DEVICE_LOG_INTERVAL, MonitorOptions, attach
 
     config = config_from_args(args)
-    monitor = Monitor()
-    monitor.subscribe(log_subscriber)
-    # a bar on a terminal; in a batch job's captured stderr, plain lines instead
-    progress = "off" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
-    session = attach(monitor, MonitorOptions(
-        interval=args.monitor_interval, progress=progress,
-        # per-device lines: once a minute in a batch log, at every interval with -v
-        device_log_interval=args.monitor_interval if args.verbose else DEVICE_LOG_INTERVAL,
-        report_sequences=args.report_sequences if args.report_sequences > 0 else None))
-    try:
+    with _monitored(args) as monitor:
         outcome = pipeline.run(config, monitor, restart=args.restart, force=args.force)
-    finally:
-        session.close()
     for line in closing_lines(outcome):
         log.info(line)
     if outcome.demo_models:
@@ -428,6 +423,165 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- scaling out
+# Parts of a run (predict --part), their merge, sample sheets (predict --samples) and the
+# Snakemake workflow that runs them on a cluster.
+
+
+def _part_spec(text: str) -> PartSpec:
+    try:
+        return PartSpec.parse(text)
+    except (ValueError, InputError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_scale_out(sub: argparse._SubParsersAction, predict: argparse.ArgumentParser) -> None:
+    """predict's options for scaling out, and the merge and workflow commands."""
+    group = predict.add_argument_group("scaling out (see also `virnucpro merge` and `virnucpro workflow`)")
+    group.add_argument("--part", type=_part_spec, metavar="K/N",
+                       help="compute only part K of N of the input (every N-th shard of the whole run) into "
+                       "-o PART_DIR, resumable like a whole run; `virnucpro merge` writes the results of all N")
+    group.add_argument("--samples", type=Path, metavar="SHEET",
+                       help="run every sample of a TAB-separated sheet (NAME<TAB>PATH lines, header optional) "
+                       "in one process, the models loaded once; results in OUT/NAME/ (-o OUT, no INPUT)")
+    merge = sub.add_parser(
+        "merge", help="write the results of a run computed in parts (predict --part K/N)",
+        description="Merge the N part folders of one run (any order) into the result files a single "
+        "`virnucpro predict` of the whole input writes, byte for byte. Parts of different runs, a missing, "
+        "repeated or unfinished part are refused before anything is written (exit 2).")
+    merge.add_argument("parts", type=Path, nargs="+", metavar="PART_DIR", help="the folders of predict --part")
+    merge.add_argument("-o", "--output-dir", type=_folder, required=True, help="results folder")
+    merge.add_argument("--force", action="store_true",
+                       help="replace the results of another input in the results folder (refused otherwise)")
+    # the per-sequence calls are made at the merge (the original's two files do not depend on them)
+    _call_options(merge.add_argument_group("per-sequence calls (prediction_summary.tsv, viral_sequences.fa)"))
+    merge.add_argument("--report-sequences", type=_number(int, 0, "must be a whole number, 0 or more"),
+                       default=5, metavar="N", help="sequences drawn in report.html (default 5; 0: no report)")
+    merge.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    merge.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    merge.add_argument("--log-file", type=_file_to_write, metavar="FILE", help="also write the log here")
+    workflow = sub.add_parser("workflow", help="a Snakemake workflow: many samples, in parts, on a cluster")
+    wsub = workflow.add_subparsers(dest="workflow_command", required=True, parser_class=_Parser)
+    init = wsub.add_parser("init", help="write the workflow (Snakefile, config.yaml, profiles) to DIR, ready to edit")
+    init.add_argument("dir", type=_folder, metavar="DIR")
+    init.add_argument("--force", action="store_true", help="overwrite the workflow files already in DIR")
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    """predict: one input, one part of it, or every sample of a sheet."""
+    if args.samples is not None:
+        return _predict_samples(args)
+    if args.input is None:
+        raise InputError("predict needs an INPUT file (or --samples SHEET)")
+    if args.part is not None:
+        return _predict_part(args)
+    return _predict(args)
+
+
+@contextlib.contextmanager
+def _monitored(args: argparse.Namespace, *, report: bool = True):
+    """A monitor for one run (a whole input, a part, a sample or a merge), with the usual
+    watchers: progress, GPU sampling, run summary and (unless `report` is off) report.html."""
+    from virnucpro.monitoring import DEVICE_LOG_INTERVAL, MonitorOptions, attach
+    from virnucpro.monitoring.events import Monitor, log_subscriber
+
+    monitor = Monitor()
+    monitor.subscribe(log_subscriber)
+    interval = getattr(args, "monitor_interval", 10.0)
+    # a bar on a terminal; in a batch job's captured stderr, plain lines instead
+    progress = "off" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
+    session = attach(monitor, MonitorOptions(
+        interval=interval, progress=progress,
+        # per-device lines: once a minute in a batch log, at every interval with -v
+        device_log_interval=interval if args.verbose else DEVICE_LOG_INTERVAL,
+        report_sequences=args.report_sequences if report and args.report_sequences > 0 else None))
+    try:
+        yield monitor
+    finally:
+        session.close()
+
+
+def _predict_part(args: argparse.Namespace) -> int:
+    from virnucpro import pipeline
+
+    if args.output_dir is None:
+        raise InputError("--part needs -o PART_DIR: the folder `virnucpro merge` reads the part from")
+    if args.keep_intermediate:
+        raise InputError("--keep-intermediate writes files of the whole input: not with --part")
+    if str(args.input) == "-":
+        raise InputError("--part reads its input again in every part and in the merge: give a file, not -")
+    config = dataclasses.replace(config_from_args(args), part=args.part)
+    with _monitored(args, report=False) as monitor:  # a part has no result tables to draw
+        outcome = pipeline.run(config, monitor, restart=args.restart, force=args.force)
+    part = outcome.part
+    resumed = f", {outcome.resumed_shards} shard(s) from an earlier run" if outcome.resumed_shards else ""
+    log.info(f"part {part.k}/{part.n}: {outcome.frames:,} of the run's {part.frames:,} frames ({part.part_shards} "
+             f"of {part.shards} shards) in {outcome.seconds:.1f} s on {outcome.device} ({outcome.dtype}){resumed}")
+    log.info(f"kept in {outcome.result_dir}/; once all {part.n} parts are done, "
+             "`virnucpro merge PART_DIR ... -o RESULTS` writes the results")
+    if outcome.demo_models:
+        log.warning("DEMO MODE results: random models, not biologically meaningful")
+    return 0
+
+
+def _predict_samples(args: argparse.Namespace) -> int:
+    from virnucpro import pipeline
+
+    if args.input is not None or args.part is not None:
+        raise InputError("--samples runs the samples of a sheet: give no INPUT and no --part with it")
+    if args.output_dir is None:
+        raise InputError("--samples needs -o OUT: each sample's results go to OUT/NAME/")
+    samples = read_sample_sheet(args.samples)
+    configs = [(sample.name, config_from_args(argparse.Namespace(
+        **{**vars(args), "input": sample.path, "output_dir": args.output_dir / sample.name}))) for sample in samples]
+
+    position = {sample.name: number for number, sample in enumerate(samples, 1)}
+
+    def monitored(name: str):
+        log.info(f"sample {name} ({position[name]} of {len(samples)})")
+        return _monitored(args)
+
+    outcomes = pipeline.run_samples(configs, monitored, restart=args.restart, force=args.force)
+    for result in outcomes:
+        for line in closing_lines(result.outcome) if result.outcome else []:
+            log.info(f"sample {result.name}: {line}")
+    failed = [result for result in outcomes if result.error is not None]
+    for result in failed:
+        print(f"virnucpro: error: sample {result.name}: {result.error}", file=sys.stderr)
+    if failed:
+        print(f"virnucpro: {len(failed)} of {len(outcomes)} samples failed; the others' results are in "
+              f"{args.output_dir}/NAME/", file=sys.stderr)
+        return failed[0].error.exit_code
+    if any(result.outcome.demo_models for result in outcomes):
+        log.warning("DEMO MODE results: random models, not biologically meaningful")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from virnucpro import pipeline
+    from virnucpro.stages.calls import CallRule
+
+    with _monitored(args) as monitor:
+        outcome = pipeline.merge(args.parts, args.output_dir, monitor, force=args.force,
+                                 calls=CallRule(args.min_virus_fraction, args.threshold))
+    lines = closing_lines(outcome)
+    lines[-1] = f"{outcome.frames:,} frames of {outcome.device} merged in {outcome.seconds:.1f} s ({outcome.dtype})"
+    for line in lines:
+        log.info(line)
+    if outcome.demo_models:
+        log.warning("DEMO MODE results: random models, not biologically meaningful")
+    return 0
+
+
+def _workflow(args: argparse.Namespace) -> int:
+    from virnucpro.workflow import init_workflow
+
+    init_workflow(args.dir, force=args.force)
+    log.info(f"workflow written to {args.dir}/: set the samples, parts and model paths in {args.dir}/config.yaml, "
+             f"then run `snakemake --profile profiles/local` (or profiles/slurm) in {args.dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Before anything touches CUDA (workers inherit it): growable segments instead of fixed
@@ -443,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        code = {"predict": _predict, "plot": _plot, "compare": _compare}.get(args.command, _models)(args)
+        code = {"predict": _predict_command, "plot": _plot, "compare": _compare, "merge": _merge,
+                "workflow": _workflow}.get(args.command, _models)(args)
         if failure := log_file_failure():
             raise OutputError(failure)
         return code

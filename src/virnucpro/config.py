@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,34 @@ class ModelPaths:
     esm: Path | None = None
     dnabert: Path | None = None
     classifier: Path | None = None
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """Part K (from 1) of N of a run: the shards i of the run's own shard plan with
+    i mod N == K - 1. Shard boundaries depend only on the input and --shard-tokens, so the
+    N parts together hold exactly the shards one whole run computes; taking every N-th shard
+    needs no pre-pass over the input and balances the parts, as shards are of near-equal cost."""
+
+    k: int
+    n: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.n:
+            raise InputError(f"--part {self.k}/{self.n}: K must be from 1 to N")
+
+    @classmethod
+    def parse(cls, text: str) -> "PartSpec":
+        k, sep, n = text.partition("/")
+        if not (sep and k.strip().isdigit() and n.strip().isdigit()):
+            raise ValueError(f"expected K/N such as 2/8, got {text!r}")
+        return cls(int(k), int(n))
+
+    def owns(self, shard_index: int) -> bool:
+        return shard_index % self.n == self.k - 1
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +85,7 @@ class RunConfig:
     # What the user named as the input when `input` is a stand-in for it: `-` once standard
     # input is spooled to a file. Names results and messages. None: `input` itself.
     input_name: str | None = None
+    part: PartSpec | None = None  # compute only this part of the run's shards (predict --part K/N)
 
     def __post_init__(self) -> None:
         if self.chunk_len not in CHUNK_LENGTHS:
@@ -161,24 +191,28 @@ _SET_BY = {"chunk_len": "-m/--chunk-len", "reference": "--reference", "dtype": "
 _MODEL_NAMES = {"esm": "the ESM-2 model", "dnabert": "the DNABERT-S model", "classifier": "the classifier"}
 
 
-def describe_changes(stored: dict, now: dict) -> list[str]:
-    """What differs between two runs' fingerprint parameters, in the user's words."""
+def describe_changes(stored: dict, now: dict, labels: tuple[str, str] = ("then", "now")) -> list[str]:
+    """What differs between two runs' fingerprint parameters, in the user's words; `labels`
+    name the two sides (an earlier run and this one, or two parts of a run)."""
+    first, second = labels
+    verb = "changed" if labels == ("then", "now") else "differs"
     changes = []
     for key in sorted(set(stored) | set(now)):
         before, after = stored.get(key), now.get(key)
         if before == after:
             continue
         if key == "input":
-            changes.append(f"the input file changed ({identity_detail(before)} then, {identity_detail(after)} now)")
+            changes.append(f"the input file {verb} ({identity_detail(before)} {first}, "
+                           f"{identity_detail(after)} {second})")
         elif key == "models":
             for name in sorted(set(before or {}) | set(after or {})):
                 if (before or {}).get(name) != (after or {}).get(name):
                     changes.append(f"{_MODEL_NAMES.get(name, name)}: {identity_detail((before or {}).get(name))} "
-                                   f"then, {identity_detail((after or {}).get(name))} now")
+                                   f"{first}, {identity_detail((after or {}).get(name))} {second}")
         elif key == "legacy_files":
-            changes.append("the original VirNucPro's files beside the input changed")
+            changes.append(f"the original VirNucPro's files beside the input {verb} ({first}, {second})")
         else:
-            changes.append(f"{_SET_BY.get(key, key)}: {_shown(before)} then, {_shown(after)} now")
+            changes.append(f"{_SET_BY.get(key, key)}: {_shown(before)} {first}, {_shown(after)} {second}")
     return changes
 
 
@@ -199,3 +233,53 @@ def identity_detail(identity: str | None) -> str:
     if "sha256" in facts:
         return f"{path}, content {facts['sha256'][:12]}"
     return f"{path}, {facts.get('size')} bytes, modified {facts.get('mtime_ns')} ns"
+
+
+# --------------------------------------------------------------------------- sample sheets
+
+# A name becomes a folder (OUT/NAME/) and a Snakemake wildcard value: no separators, no
+# leading dot, nothing a shell or a path would read twice.
+_SAMPLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    path: Path
+
+
+def read_sample_sheet(sheet: Path) -> list[Sample]:
+    """The samples of a TAB-separated sheet, one a line: NAME<TAB>PATH (further columns are
+    ignored). A first line whose first field is 'sample' is a header; empty lines and lines
+    starting with '#' are skipped. A relative PATH is read from the sheet's folder, so a sheet
+    moves with its data. Whether each file is readable is the sample's own run's business (a
+    bad sample fails alone); the sheet itself must be sound."""
+    sheet = Path(sheet)
+    try:
+        text = sheet.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the sample sheet {sheet}: {getattr(exc, 'strerror', None) or exc}") from None
+    rows = [(number, line.rstrip("\r").split("\t")) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.startswith("#")]
+    if rows and rows[0][1][0].strip().lower() == "sample":
+        rows = rows[1:]  # the header
+    samples: dict[str, Sample] = {}
+    for number, fields in rows:
+        sample = _sample(sheet, number, fields)
+        if sample.name in samples:
+            raise InputError(f"{sheet}, line {number}: sample {sample.name!r} is listed twice")
+        samples[sample.name] = sample
+    if not samples:
+        raise InputError(f"the sample sheet {sheet} lists no samples (expected NAME<TAB>PATH lines)")
+    return list(samples.values())
+
+
+def _sample(sheet: Path, number: int, fields: list[str]) -> Sample:
+    where = f"{sheet}, line {number}"
+    if len(fields) < 2 or not fields[1].strip():
+        raise InputError(f"{where}: expected NAME<TAB>PATH (TAB-separated), got {fields[0]!r}")
+    name, path = fields[0].strip(), Path(fields[1].strip())
+    if not _SAMPLE_NAME.fullmatch(name):
+        raise InputError(f"{where}: sample name {name!r} must be letters, digits, '.', '_' or '-', "
+                         "not starting with '.' (it becomes a folder name)")
+    return Sample(name, path if path.is_absolute() else sheet.parent / path)

@@ -40,6 +40,7 @@ METRICS_NAME = "gpu_metrics.jsonl"
 EMBEDDINGS_DIRNAME = "embeddings"  # --save-embeddings
 STORE_DIRNAME = ".virnucpro_store"  # checkpoint store, removed after a successful run
 LOCK_NAME = ".virnucpro.lock"  # held while a run writes to the folder
+PART_NAME = "part.json"  # a finished part of a run (predict --part): written last, beside its store
 
 # What each file of the result folder holds, in one line (the CLI's help; the README says more).
 OUTPUT_FILES = (  # (* the original VirNucPro's files, byte for byte)

@@ -23,15 +23,16 @@ import json
 import os
 import shutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from virnucpro import __version__
-from virnucpro.config import describe_changes, fingerprint_of
-from virnucpro.errors import CheckpointMismatch, OutputError
-from virnucpro.layout import atomic_write, remove_stale_temporaries, write_bytes_atomic
+from virnucpro.config import describe_changes, file_identity, fingerprint_of
+from virnucpro.errors import CheckpointMismatch, InputError, OutputError
+from virnucpro.layout import (PART_NAME, STORE_DIRNAME, atomic_write, remove_stale_temporaries, write_bytes_atomic,
+                              write_text_atomic)
 
 FORMAT_VERSION = 1
 
@@ -76,13 +77,48 @@ def resumable(root: Path, parameters: dict, *, restart: bool = False) -> dict | 
     return found
 
 
-class ShardStore:
+class ShardFiles:
+    """The shard files of a store, read only: what a merge reads from each part's store
+    without taking it over (no clean-up, nothing deleted)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def shard_path(self, index: int) -> Path:
+        return self.root / f"shard_{index:06d}.npz"
+
+    def has(self, index: int) -> bool:
+        return self.shard_path(index).is_file()
+
+    def load(self, index: int, expected_ids: list[str] | None = None, *,
+             need_embeddings: bool = False, discard_bad: bool = False) -> ShardResult | None:
+        """The stored shard, or None when absent, damaged, or not what this run needs
+        (`discard_bad`: then deleted, for the run to recompute it)."""
+        path = self.shard_path(index)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ids = data["ids"].tolist()
+                result = ShardResult(
+                    index, ids, data["score1"], data["score2"],
+                    data["dna_embeddings"] if "dna_embeddings" in data else None,
+                    data["protein_embeddings"] if "protein_embeddings" in data else None,
+                )
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            result = None
+        if result is None or not _is_valid(result, expected_ids, need_embeddings):
+            if discard_bad:
+                path.unlink(missing_ok=True)
+            return None
+        return result
+
+
+class ShardStore(ShardFiles):
     def __init__(self, root: Path, fingerprint: str, *, restart: bool = False,
                  parameters: dict | None = None, facts: dict | None = None) -> None:
         """parameters: what the fingerprint hashes (kept to name what differs on a refused
         resume); facts: more to record in a new store's manifest (e.g. the batch size the
         first shards were computed with, for a resume to reuse)."""
-        self.root = Path(root)
+        super().__init__(root)
         self.fingerprint = fingerprint
         self._recorded = {"parameters": parameters} if parameters is not None else {}
         self._recorded.update(facts or {})
@@ -109,12 +145,6 @@ class ShardStore:
                    "virnucpro": __version__, **self._recorded}
         write_bytes_atomic(manifest, json.dumps(payload, indent=1).encode())
 
-    def shard_path(self, index: int) -> Path:
-        return self.root / f"shard_{index:06d}.npz"
-
-    def has(self, index: int) -> bool:
-        return self.shard_path(index).is_file()
-
     def save(self, result: ShardResult) -> None:
         arrays = {
             "ids": np.asarray(result.ids, dtype=np.str_),
@@ -129,25 +159,10 @@ class ShardStore:
             np.savez(handle, **arrays)
 
     def load(self, index: int, expected_ids: list[str] | None = None, *,
-             need_embeddings: bool = False) -> ShardResult | None:
-        """The stored shard, or None when absent, damaged, or not what this run needs (it is
-        then deleted and recomputed)."""
-        path = self.shard_path(index)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                ids = data["ids"].tolist()
-                result = ShardResult(
-                    index, ids, data["score1"], data["score2"],
-                    data["dna_embeddings"] if "dna_embeddings" in data else None,
-                    data["protein_embeddings"] if "protein_embeddings" in data else None,
-                )
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            path.unlink(missing_ok=True)
-            return None
-        if not _is_valid(result, expected_ids, need_embeddings):
-            path.unlink(missing_ok=True)
-            return None
-        return result
+             need_embeddings: bool = False, discard_bad: bool = True) -> ShardResult | None:
+        """As ShardFiles.load, but a shard this run cannot use is deleted by default: the
+        run recomputes it."""
+        return super().load(index, expected_ids, need_embeddings=need_embeddings, discard_bad=discard_bad)
 
     def discard(self) -> None:
         """Remove the store once the final result files are safely in place."""
@@ -208,3 +223,163 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
+
+
+# --------------------------------------------------------------------------- parts of a run
+
+PART_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """part.json: a finished part of a run (predict --part K/N), beside the store that keeps
+    its shards. Written last, once every shard of the part is stored, so its presence marks the
+    part finished; a part run removes it first thing."""
+
+    k: int
+    n: int
+    input: str  # the input's path: the merge reads it again (record index, viral FASTA)
+    parameters: dict  # the run's fingerprint parameters: input identity, chunk length, models, precision, batch and shard settings
+    batch_tokens: int  # the batch budget the devices used (their own choice unless --batch-tokens)
+    device_kind: str  # "cpu" or "cuda": they round differently (on the CPU, so do thread counts: in `parameters`)
+    dtype: str
+    feature_dims: list[int]  # DNABERT-S and ESM-2 widths
+    demo_models: list[str]
+    embeddings: bool  # its shards hold the embeddings (--save-embeddings)
+    shards: int  # of the whole run (every part streams the whole input)
+    frames: int  # of the whole run
+    chunks: int  # of the whole input
+    records: int  # of the whole input
+    part_shards: int
+    part_frames: int
+    part_tokens: int
+    part_chunks: int  # chunks with a frame in this part (a chunk's frames may straddle two parts)
+
+    @property
+    def name(self) -> str:
+        return f"part {self.k}/{self.n}"
+
+    def shard_indices(self) -> range:
+        return range(self.k - 1, self.shards, self.n)
+
+    def save(self, folder: Path) -> None:
+        payload = {"format_version": PART_FORMAT, "virnucpro": __version__,
+                   "fingerprint": fingerprint_of(self.parameters), **asdict(self)}
+        write_text_atomic(Path(folder) / PART_NAME, json.dumps(payload, indent=1) + "\n")
+
+
+def read_part(folder: Path) -> PartRecord:
+    """The part record in `folder`; InputError when there is none (an unfinished part, or not
+    a part folder) or it cannot be read."""
+    folder = Path(folder)
+    path = folder / PART_NAME
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such part folder")
+    if not path.is_file():
+        why = ("the part has not finished: rerun its `virnucpro predict --part` command, which resumes"
+               if (folder / STORE_DIRNAME).is_dir() else "not a part folder of `virnucpro predict --part`")
+        raise InputError(f"{folder}: no {PART_NAME}: {why}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        record = PartRecord(**{f.name: data[f.name] for f in fields(PartRecord)})
+        sound = (data.get("format_version") == PART_FORMAT
+                 and data.get("fingerprint") == fingerprint_of(record.parameters))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        sound = False
+    if not sound:
+        raise InputError(f"{path} is damaged or was written by another virnucpro version; rerun that part "
+                         "with --restart")
+    return record
+
+
+class PartSet:
+    """The N parts of one run as a merge reads them: given in any order, checked to fit
+    together before anything is written (else InputError, naming the parts and what differs),
+    then read shard by shard, in the order of the run's shard plan, from the part that holds
+    each shard."""
+
+    def __init__(self, folders: list[Path]) -> None:
+        parts = _one_of_each(sorted(((Path(f), read_part(Path(f))) for f in folders), key=lambda p: p[1].k))
+        for other in parts[1:]:
+            _check_same_run(parts[0], other)
+        _check_totals(parts)
+        self.record = parts[0][1]
+        _check_input(self.record)
+        self.folders = [folder for folder, _ in parts]
+        self.records = [record for _, record in parts]
+        self._files = [ShardFiles(folder / STORE_DIRNAME) for folder in self.folders]
+        for folder, record, files in zip(self.folders, self.records, self._files):
+            if missing := [i for i in record.shard_indices() if not files.has(i)]:
+                raise InputError(f"{folder} ({record.name}): shard {missing[0]} of its store is missing; "
+                                 "rerun that part (it recomputes what is missing)")
+
+    def shard_path(self, index: int) -> Path:
+        return self._files[index % self.record.n].shard_path(index)
+
+    def load(self, index: int, expected_ids: list[str] | None = None, *,
+             need_embeddings: bool = False) -> ShardResult | None:
+        """Shard `index` from the part that holds it; None when damaged or not the frames
+        expected (the part's files are left as they are)."""
+        return self._files[index % self.record.n].load(index, expected_ids, need_embeddings=need_embeddings)
+
+    def folder_of(self, index: int) -> Path:
+        return self.folders[index % self.record.n]
+
+
+def _one_of_each(parts: list[tuple[Path, PartRecord]]) -> list[tuple[Path, PartRecord]]:
+    """Parts 1..N, each once, all cut for the same N."""
+    first_folder, first = parts[0]
+    for folder, record in parts:
+        if record.n != first.n:
+            raise InputError(f"{first_folder} is {first.name} but {folder} is {record.name}: "
+                             "parts cut for different N do not merge")
+    seen: dict[int, Path] = {}
+    for folder, record in parts:
+        if record.k in seen:
+            same = seen[record.k].resolve() == folder.resolve()
+            raise InputError(f"{record.name} is given twice: {seen[record.k]} and {folder}"
+                             + (" are the same folder" if same else ""))
+        seen[record.k] = folder
+    if missing := [str(k) for k in range(1, first.n + 1) if k not in seen]:
+        raise InputError(f"part(s) {', '.join(missing)} of {first.n} missing: a merge needs every part of the run")
+    return parts
+
+
+def _check_same_run(a: tuple[Path, PartRecord], b: tuple[Path, PartRecord]) -> None:
+    (folder_a, first), (folder_b, other) = a, b
+    labels = (f"in {first.name}", f"in {other.name}")
+    changes = describe_changes(first.parameters, other.parameters, labels)
+    if first.batch_tokens != other.batch_tokens:
+        changes.append(f"batches of {first.batch_tokens} tokens {labels[0]}, {other.batch_tokens} {labels[1]} "
+                       "(the devices chose them; recompute with --batch-tokens to pin one)")
+    if first.device_kind != other.device_kind:
+        changes.append(f"computed on {first.device_kind} {labels[0]}, {other.device_kind} {labels[1]} "
+                       "(they round differently)")
+    if changes:
+        raise InputError(f"{folder_a} and {folder_b} are parts of different runs: {'; '.join(changes)}")
+
+
+def _check_totals(parts: list[tuple[Path, PartRecord]]) -> None:
+    """Every part saw the same whole input; together they hold all of it."""
+    first = parts[0][1]
+    whole = ("shards", "frames", "chunks", "records")
+    for folder, record in parts:
+        if any(getattr(record, key) != getattr(first, key) for key in whole):
+            raise InputError(f"{folder} ({record.name}) saw another input than {parts[0][0]}: "
+                             + ", ".join(f"{key} {getattr(record, key)} against {getattr(first, key)}" for key in whole))
+    held = sum(record.part_frames for _, record in parts), sum(record.part_shards for _, record in parts)
+    if held != (first.frames, first.shards):
+        raise InputError(f"the parts hold {held[0]} frames in {held[1]} shards, the run has {first.frames} "
+                         f"in {first.shards}: rerun the parts with --restart")
+
+
+def _check_input(record: PartRecord) -> None:
+    """The input is still the one the parts were computed from (the merge reads it again)."""
+    path = Path(record.input)
+    if not path.is_file():
+        raise InputError(f"the parts' input {path} is not there any more: the merge reads it again")
+    now = file_identity(path)
+    if now != record.parameters["input"]:
+        change = describe_changes({"input": record.parameters["input"]}, {"input": now},
+                                  ("when the parts were computed", "now"))
+        raise InputError(f"{path}: {change[0]}; recompute the parts")

@@ -15,6 +15,8 @@
   or fails while loading is dropped with a warning while another device can go on (a
   configuration error, VirnucproError, stops the run: it would fail on every device).
 - With one device the worker runs in a thread of this process (same code, no subprocess).
+- One engine may serve several run() calls in turn (the models load once); after a run()
+  whose caller failed midway, settle() lets the jobs in flight finish before the next.
 """
 
 from __future__ import annotations
@@ -212,6 +214,24 @@ class Engine:
             # Results first: an error raised while handling another message must not lose a
             # result that already arrived (it would be recomputed on resume).
             self._handle_all(self._next_messages(), first=Done)
+
+    def settle(self) -> None:
+        """After a run() its caller gave up on (its job stream failed): wait for the jobs
+        still in flight and drop their results, so the workers are idle and a next run()
+        on the same engine starts clean (the models stay loaded). Devices still loading
+        keep loading; their readiness is still reported."""
+        if self._state is None:
+            return
+        report = self._on_event
+        self._on_event = lambda event: report(event) if isinstance(event, DeviceReady) else None
+        try:
+            while busy := [w for w in self._workers if w.jobs]:
+                if any(not w.process.is_alive() for w in busy if isinstance(w.process, threading.Thread)):
+                    # an in-process worker whose thread ended cannot be waited for
+                    raise WorkerFailed("a worker stopped while the run was being wound down")
+                self._handle_all(self._next_messages(), first=Done)
+        finally:
+            self._on_event = report
 
     def _handle_all(self, batch: list[tuple[_Worker, Message | None]], first: type) -> None:
         """Handle messages of `first`'s kind, then the rest; None stands for a death."""

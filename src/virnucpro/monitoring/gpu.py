@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro.errors import OutputError
-from virnucpro.layout import METRICS_NAME, open_new, remove_quietly
+from virnucpro.layout import METRICS_NAME, open_new, remove_quietly, write_text_atomic
 from virnucpro.monitoring.events import Event, Monitor
 
 log = logging.getLogger("virnucpro")
@@ -201,3 +201,13 @@ def read_metrics(path: Path) -> list[dict]:
         return []
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def merge_metrics(sources: list[tuple[str, Path]], out: Path) -> None:
+    """Several runs' gpu_metrics.jsonl (the parts of a merge, each named by `label`) as one
+    file, each device renamed "LABEL: DEVICE": two parts may each have had a cuda:0. Each
+    part's timeline keeps its own start (`elapsed`). No samples at all: no file."""
+    rows = [json.dumps({**row, "device": f"{label}: {row['device']}"})
+            for label, path in sources for row in read_metrics(path)]
+    if rows:
+        write_text_atomic(out, "\n".join(rows) + "\n", fsync=False)

@@ -105,6 +105,7 @@ class RunRecorder:
         self._embedding_end = 0.0  # last shard done
         self._first_done: dict[str, float] = {}  # device -> its first computed shard done
         self.startup: dict[str, dict] = {}  # device -> seconds per start-up phase
+        self.parts: list[dict] = []  # a merge's parts: {part, folder, summary (theirs, or None)}
 
     def __call__(self, event: Event) -> None:
         d = event.data
@@ -132,6 +133,8 @@ class RunRecorder:
             self.gpu.add(event)
         elif event.kind == "sequences_called":
             self.sequences = dict(d)
+        elif event.kind == "parts_merged":
+            self.parts = list(d["parts"])
         elif event.kind == "device_ready":
             # a device's first start; a worker restarted after a crash starts again
             self.startup.setdefault(d["device"], dict(d["startup_s"]))
@@ -148,7 +151,7 @@ class RunRecorder:
         import torch
 
         s = self._started
-        return {
+        summary = {
             "format": SUMMARY_FORMAT,
             "versions": {"virnucpro": __version__, "torch": torch.__version__,
                          "python": platform.python_version()},
@@ -175,6 +178,7 @@ class RunRecorder:
             "gpu": self.gpu.as_dict(self._embedding_window(), self._first_done),
             "warnings": list(self._monitor.warnings),
         }
+        return fold_parts(summary, self.parts) if self.parts else summary
 
     def _finish(self, finished: dict) -> None:
         self.summary = self.build(finished)
@@ -213,6 +217,38 @@ def recorded_input(result_dir: Path) -> str | None:
         return None
     source = summary.get("input_source") if isinstance(summary, dict) else None
     return source if isinstance(source, str) else None
+
+
+# What each part's account adds up to in a merge's.
+_SUMMED = ("resumed_shards", "resumed_frames", "batches_halved_after_out_of_memory", "shards_redone_in_fp32")
+_PER_DEVICE = ("throughput_per_device", "gpu", "startup_seconds_per_device")
+
+
+def fold_parts(merged: dict, parts: list[dict]) -> dict:
+    """A merge's account with its parts' folded in: each part's own account, in brief, under
+    "parts"; each part's devices, named "part K/N: DEVICE" (two parts may each have had a
+    cuda:0), in the per-device tables the report draws; each part's wall time as a stage;
+    its warnings, named; and the counts that add up. A part without an account is listed
+    as such."""
+    merged = {**merged, "devices": [], "parts": [], "stage_seconds": dict(merged["stage_seconds"]),
+              "warnings": list(merged["warnings"]), **{key: {} for key in _PER_DEVICE}, **dict.fromkeys(_SUMMED, 0)}
+    for part in parts:
+        label, theirs = f"part {part['part']}", part.get("summary")
+        if theirs is None:
+            merged["parts"].append({"part": part["part"], "folder": part["folder"], "summary": None})
+            continue
+        merged["parts"].append({"part": part["part"], "folder": part["folder"], "host": theirs.get("host"),
+                                "devices": theirs.get("devices", []), "wall_seconds": theirs.get("wall_seconds"),
+                                "frames": theirs.get("frames"), "tokens": theirs.get("tokens"),
+                                "resumed_shards": theirs.get("resumed_shards", 0)})
+        merged["devices"] += [f"{label}: {device}" for device in theirs.get("devices", [])]
+        for key in _PER_DEVICE:
+            merged[key].update({f"{label}: {device}": value for device, value in theirs.get(key, {}).items()})
+        for key in _SUMMED:
+            merged[key] += theirs.get(key, 0)
+        merged["stage_seconds"][f"{label} on {theirs.get('host')} (its wall time)"] = theirs.get("wall_seconds", 0.0)
+        merged["warnings"] += [f"{label}: {warning}" for warning in theirs.get("warnings", [])]
+    return merged
 
 
 def human_summary(summary: dict) -> list[str]:
