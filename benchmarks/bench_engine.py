@@ -35,10 +35,10 @@ from virnucpro.models.classifier import MLPClassifier  # noqa: E402
 from virnucpro.models.dna_tokenizer import DnaTokenizer  # noqa: E402
 from virnucpro.models.dnabert_s import DNABertS  # noqa: E402
 from virnucpro.models.esm2 import ESM2  # noqa: E402
-from virnucpro.stages.chunk import iter_chunks  # noqa: E402
 from virnucpro.predict.placement import place_predictor  # noqa: E402
 from virnucpro.predict.precision import Precision  # noqa: E402
 from virnucpro.predict.predictor import FramePredictor  # noqa: E402
+from virnucpro.stages.chunk import iter_chunks  # noqa: E402
 from virnucpro.stages.read import read_records  # noqa: E402
 from virnucpro.stages.translate import select_frames  # noqa: E402
 
@@ -106,7 +106,7 @@ class BusySampler:
             pynvml.nvmlInit()
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             self._nvml = pynvml
-        except Exception:  # no NVML: busy % is simply not reported
+        except Exception:  # noqa: BLE001 - no NVML: busy % is simply not reported
             self._nvml = None
 
     def __enter__(self) -> "BusySampler":

@@ -22,8 +22,8 @@ run_summary.json, gpu_metrics.jsonl and report.html of each run are copied to --
 from __future__ import annotations
 
 import argparse
-import json
 import hashlib
+import json
 import os
 import shutil
 import signal

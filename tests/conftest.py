@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dnabert_factory import make_dnabert_folder, real_tokenizer_path
 from esm_factory import make_fair_esm_model
+
 from virnucpro.models.formats import save_fair_esm_checkpoint, save_released_classifier
 
 TINY_DIM = 64  # both encoders: the classifier then takes 2 * 64 features

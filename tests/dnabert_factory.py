@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import torch
-
 from golden import SHARED_DIR
+
 from virnucpro.models import formats
 
 

@@ -94,7 +94,7 @@ def times_ten_one_fails_loading(marker: Path, how: str, device) -> TimesTen:
         time.sleep(0.5)
         if how == "dies":
             os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError("this device's driver is broken (simulated)")
+        raise RuntimeError("this device's driver is broken (simulated)") from None
     return TimesTen(None, None, pause=0.02)
 
 

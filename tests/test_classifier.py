@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from malicious_pickles import PAYLOADS, WRITERS, write_pickle
+
 from virnucpro.errors import ModelError
 from virnucpro.models.classifier import MLPClassifier, class_probabilities
 from virnucpro.models.classifier_loader import default_classifier_path, load_classifier
 from virnucpro.models.formats import save_released_classifier
+
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory) -> tuple[Path, dict]:

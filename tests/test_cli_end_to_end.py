@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer
-
 from dnabert_factory import read_folder
 from dnabert_reference import reference_embedding
 from esm_factory import load_with_fair_esm
 from golden import golden_case, read_score_table
+from tokenizers import Tokenizer
+
 from virnucpro.cli import main
 
 GOLDEN_FILES = ("chunked{L}.fa", "identified_nucleotide.fa", "identified_protein.faa")

@@ -213,9 +213,9 @@ def test_id_check_runs_while_the_models_load(tmp_path, monkeypatch):
     import threading
 
     from virnucpro import pipeline
-    from virnucpro.predict import task as frame_task
     from virnucpro.config import RunConfig
     from virnucpro.monitoring.events import Monitor
+    from virnucpro.predict import task as frame_task
 
     checking = threading.Event()
     real_factory, real_check = frame_task.make_frame_task, pipeline.check_unique_ids

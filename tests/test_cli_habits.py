@@ -11,10 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fault_tasks
 import pytest
 import torch
 
-import fault_tasks
 from virnucpro import pipeline
 from virnucpro.cli import main
 from virnucpro.config import RunConfig
@@ -203,7 +203,8 @@ def test_threads_reach_every_cpu_worker_and_are_given_back():
 
 
 def test_threads_are_in_the_fingerprint_of_cpu_runs_only(tmp_path):
-    from test_resume_truth import config as resume_config, interrupted, sample
+    from test_resume_truth import config as resume_config
+    from test_resume_truth import interrupted, sample
 
     path = sample(tmp_path)
     interrupted(resume_config(path, threads=1))

@@ -15,15 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+import fault_tasks
 import numpy as np
 import pytest
 
-import fault_tasks
 from virnucpro import pipeline
 from virnucpro.cli import main
 from virnucpro.config import RunConfig
-from virnucpro.monitoring.events import Monitor
 from virnucpro.layout import STORE_DIRNAME
+from virnucpro.monitoring.events import Monitor
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ecoli_reads150.fa"
 RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv")
@@ -118,13 +118,14 @@ def test_damaged_checkpoint_shards_are_recomputed(tmp_path, reference):
 
 
 def test_save_embeddings_in_input_order(tmp_path, reference):
+    import torch
+
     from virnucpro.models.bundle import load_bundle
     from virnucpro.predict.placement import place_predictor
     from virnucpro.predict.precision import Precision
     from virnucpro.stages.chunk import iter_chunks
     from virnucpro.stages.read import read_records
     from virnucpro.stages.translate import select_frames
-    import torch
 
     sample = small_input(tmp_path)
     assert main(args(sample, "--devices", "cpu,cpu", "--save-embeddings")) == 0

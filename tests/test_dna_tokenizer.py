@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from golden import real_tokenizer
 from tokenizers import Tokenizer
 
-from golden import real_tokenizer
 from virnucpro.models.dna_tokenizer import DnaTokenizer, build_demo_tokenizer
-
 
 SEQS = ["ACGTACGGTACCATGA" * 5, "A", "", "ACGTNNNNACGT", "GATTACARYKMSWBDHVGATTACA",
         "TTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTT", "ACGU"]

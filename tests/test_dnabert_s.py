@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from malicious_pickles import PAYLOADS, WRITERS, write_pickle
 from dnabert_factory import make_dnabert_folder, read_folder
 from dnabert_reference import reference_embedding, reference_hidden, reference_slopes
 from golden import golden_case, real_tokenizer
+from malicious_pickles import PAYLOADS, WRITERS, write_pickle
+
 from virnucpro.errors import ModelError
 from virnucpro.models.dnabert_s import DNABertS, alibi_slopes
 from virnucpro.models.dnabert_s_loader import (

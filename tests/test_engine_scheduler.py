@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 
+import fault_tasks
 import pytest
 import torch
 
-import fault_tasks
 from virnucpro.engine.scheduler import DeviceReady, Engine, Job, JobDone, JobWindow
 from virnucpro.engine.worker import Done, Ready, Started
 from virnucpro.errors import WorkerFailed

@@ -11,8 +11,8 @@ import random
 import esm
 import pytest
 import torch
-
 from esm_factory import load_with_fair_esm, make_fair_esm_model
+
 from virnucpro.models import protein_alphabet as pa
 from virnucpro.models.esm2_loader import load_esm2
 from virnucpro.models.formats import save_fair_esm_checkpoint
@@ -208,10 +208,10 @@ def test_a_batch_without_padding_matches_fair_esm(our_model, fair_esm_model):
 
 def test_alphabet_constants_are_fair_esms():
     assert list(pa.TOKENS) == ALPHABET.all_toks
-    assert (pa.CLS, pa.PAD, pa.EOS, pa.UNK, pa.MASK) == (
+    assert (
         ALPHABET.cls_idx, ALPHABET.padding_idx, ALPHABET.eos_idx, ALPHABET.unk_idx, ALPHABET.mask_idx,
-    )
-    assert pa.ALPHABET_SIZE == len(ALPHABET)
+    ) == (pa.CLS, pa.PAD, pa.EOS, pa.UNK, pa.MASK)
+    assert len(ALPHABET) == pa.ALPHABET_SIZE
 
 
 def test_encoder_matches_fair_esm_batch_converter():

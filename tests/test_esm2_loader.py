@@ -9,9 +9,9 @@ from pathlib import Path
 import esm
 import pytest
 import torch
-
 from esm_factory import load_with_fair_esm, make_fair_esm_model
 from malicious_pickles import CreatesFile
+
 from virnucpro.errors import ModelError
 from virnucpro.models import demo
 from virnucpro.models.esm2_loader import ESM2_3B_NAME, default_esm2_path, load_esm2

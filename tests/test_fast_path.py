@@ -10,15 +10,15 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from esm_factory import make_fair_esm_model
+
 from virnucpro.models import demo
 from virnucpro.models.bundle import ModelBundle
-from virnucpro.predict.packing import pack_proteins
 from virnucpro.models.esm2_loader import load_esm2
 from virnucpro.models.formats import save_fair_esm_checkpoint
 from virnucpro.models.protein_alphabet import MASK, encode_proteins
 from virnucpro.predict.compile import compile_packed_layers, uncompile_packed_layers
+from virnucpro.predict.packing import pack_proteins
 from virnucpro.predict.placement import place_predictor
 from virnucpro.predict.precision import Precision
 from virnucpro.predict.predictor import FramePredictor

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from golden import (
     CHUNK_LENGTHS,
     GOLDEN_SETS,
@@ -26,6 +25,7 @@ from golden import (
     read_score_table,
     require,
 )
+
 from virnucpro.stages.chunk import iter_chunks
 from virnucpro.stages.read import read_records
 from virnucpro.stages.translate import select_frames

@@ -22,7 +22,7 @@ def run_cli(path: Path, *extra: str) -> int:
 
 
 @pytest.mark.parametrize("text, record, position, line, hint", [
-    (f">p1 a protein\nMKVLAAGIVGLLLAEF\n", "p1", 4, 2, "protein"),  # M, K and V are IUPAC codes
+    (">p1 a protein\nMKVLAAGIVGLLLAEF\n", "p1", 4, 2, "protein"),  # M, K and V are IUPAC codes
     (f">d1\n{DNA}\n>d2\n{DNA[:20]}\n@read7\n{DNA[:10]}\n+\nIIIIIIIIII\n", "d2", 21, 5, "FASTQ"),
     (f">d1\n{DNA[:30]}\n{DNA[:12]}1{DNA[:5]}\n", "d1", 43, 3, "digits"),
     (f">d1\n{DNA[:30]}*\n", "d1", 31, 2, "protein"),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro.models import download as downloads
 from virnucpro.cli import main
+from virnucpro.models import download as downloads
 
 
 @pytest.fixture

@@ -64,7 +64,9 @@ def run_workers(monitor, clock, specs, tokens=1000):
 def test_a_stuck_worker_is_named_with_its_shard():
     monitor, _, clock, warned = watched()
     # cuda:1 finishes three 10 ms shards, then hangs 0.6 s in shard 13 (limit: max(0.3, 5 x 10 ms))
-    hang = lambda i: 0.6 if i == 13 else 0.01
+    def hang(i):
+        return 0.6 if i == 13 else 0.01
+
     run_workers(monitor, clock, [("cuda:0", lambda i: 0.01, range(0, 40)),
                                  ("cuda:1", hang, range(10, 14))])
     stalls = [(t, w) for t, w in warned if "stalled" in w]

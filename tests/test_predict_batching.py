@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from virnucpro.predict.batching import budget_batches, one_by_one, reference_batches
 from virnucpro.engine.sharding import plan_shards
+from virnucpro.predict.batching import budget_batches, one_by_one, reference_batches
 
 
 def fair_esm_batches(lengths, toks_per_batch, extra):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from golden import legacy_run
 
 from virnucpro.cli import main
 from virnucpro.config import RunConfig
@@ -19,7 +20,6 @@ from virnucpro.stages.reuse_original import OriginalRun, original_identity, read
 from virnucpro.stages.translate import select_frames
 from virnucpro.stages.types import Frame
 
-from golden import legacy_run
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ecoli_reads150.fa"
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
+from test_parts_merge import RESULT_FILES, reads_input
+from test_resume_truth import StopAfter
+
 from virnucpro import pipeline
 from virnucpro.cli import main
 from virnucpro.config import RunConfig, read_sample_sheet
 from virnucpro.layout import STORE_DIRNAME
 from virnucpro.monitoring.events import Monitor
 from virnucpro.predict.task import make_frame_task
-from test_parts_merge import RESULT_FILES, reads_input
-from test_resume_truth import StopAfter
 
 OPTIONS = ["-m", "300", "--demo", "--devices", "cpu", "--shard-tokens", "300", "-q"]
 
@@ -102,7 +103,7 @@ def test_the_sample_sheet(tmp_path):
         path = sheet(tmp_path, rows)
         try:
             read_sample_sheet(path)
-        except Exception as exc:  # InputError
+        except Exception as exc:  # noqa: BLE001 - InputError
             assert message in str(exc) and type(exc).__name__ == "InputError"
         else:
             raise AssertionError(f"{rows} accepted")

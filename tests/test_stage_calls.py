@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from golden import CHUNK_LENGTHS, GOLDEN_SETS, golden_case, read_score_table
+
 from virnucpro.stages.calls import CallRule, SequenceCalls
 from virnucpro.stages.chunk import chunk_starts
 from virnucpro.stages.read import read_records

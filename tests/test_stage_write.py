@@ -138,10 +138,9 @@ def test_zero_rows_gives_header_only_files(tmp_path: Path) -> None:
 
 def test_exception_leaves_nothing_behind(tmp_path: Path) -> None:
     (tmp_path / RESULTS_NAME).write_text("earlier run\n")
-    with pytest.raises(RuntimeError):
-        with ResultWriter(tmp_path, spill_rows=2) as writer:
-            writer.add(["a_chunk_1F1", "b_chunk_1F1", "c_chunk_1F1"], _f32(1, 0, 1), _f32(0, 1, 0))
-            raise RuntimeError("classifier failed")
+    with pytest.raises(RuntimeError), ResultWriter(tmp_path, spill_rows=2) as writer:
+        writer.add(["a_chunk_1F1", "b_chunk_1F1", "c_chunk_1F1"], _f32(1, 0, 1), _f32(0, 1, 0))
+        raise RuntimeError("classifier failed")
     assert [p.name for p in tmp_path.iterdir()] == [RESULTS_NAME]  # no temporaries, no csv
     assert (tmp_path / RESULTS_NAME).read_text() == "earlier run\n"  # earlier file untouched
 
@@ -171,9 +170,8 @@ def test_read_only_folder_raises_output_error(tmp_path: Path) -> None:
 
 
 def test_mismatched_score_lengths(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        with ResultWriter(tmp_path) as writer:
-            writer.add(["a_chunk_1F1"], _f32(0.1, 0.2), _f32(0.9))
+    with pytest.raises(ValueError), ResultWriter(tmp_path) as writer:
+        writer.add(["a_chunk_1F1"], _f32(0.1, 0.2), _f32(0.9))
     assert list(tmp_path.iterdir()) == []
 
 

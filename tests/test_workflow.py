@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_parts_merge import RESULT_FILES, reads_input
+
 from virnucpro.cli import main
 from virnucpro.errors import InputError
 from virnucpro.workflow import FILES, part_count, predict_options

@@ -15,10 +15,24 @@ import threading
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.config import (CHUNK_LENGTHS, MODEL_CHOICES, PRECISIONS, ModelPaths, PartSpec, RunConfig,
-                              read_sample_sheet)
-from virnucpro.errors import (EXIT_CODES, EXIT_INTERRUPTED, EXIT_TERMINATED, InputError, ModelError, OutputError,
-                              VirnucproError)
+from virnucpro.config import (
+    CHUNK_LENGTHS,
+    MODEL_CHOICES,
+    PRECISIONS,
+    ModelPaths,
+    PartSpec,
+    RunConfig,
+    read_sample_sheet,
+)
+from virnucpro.errors import (
+    EXIT_CODES,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    InputError,
+    ModelError,
+    OutputError,
+    VirnucproError,
+)
 from virnucpro.layout import EMBEDDINGS_DIRNAME, OUTPUT_FILES, SEQUENCES_NAME, VIRAL_FASTA_NAME
 
 log = logging.getLogger("virnucpro")

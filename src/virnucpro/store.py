@@ -31,8 +31,14 @@ import numpy as np
 from virnucpro import __version__
 from virnucpro.config import describe_changes, file_identity, fingerprint_of
 from virnucpro.errors import CheckpointMismatch, InputError, OutputError
-from virnucpro.layout import (PART_NAME, STORE_DIRNAME, atomic_write, remove_stale_temporaries, write_bytes_atomic,
-                              write_text_atomic)
+from virnucpro.layout import (
+    PART_NAME,
+    STORE_DIRNAME,
+    atomic_write,
+    remove_stale_temporaries,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 FORMAT_VERSION = 1
 
@@ -100,8 +106,8 @@ class ShardFiles:
                 ids = data["ids"].tolist()
                 result = ShardResult(
                     index, ids, data["score1"], data["score2"],
-                    data["dna_embeddings"] if "dna_embeddings" in data else None,
-                    data["protein_embeddings"] if "protein_embeddings" in data else None,
+                    data["dna_embeddings"] if "dna_embeddings" in data else None,  # noqa: SIM401 - NpzFile
+                    data["protein_embeddings"] if "protein_embeddings" in data else None,  # noqa: SIM401
                 )
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             result = None

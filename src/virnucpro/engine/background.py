@@ -17,7 +17,7 @@ def in_background(fn: Callable[[], Any], name: str) -> Callable[[], Any]:
     def target() -> None:
         try:
             box.put((True, fn()))
-        except BaseException as exc:  # handed to the waiting thread, re-raised there
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, re-raised there
             box.put((False, exc))
 
     threading.Thread(target=target, daemon=True, name=name).start()

@@ -89,7 +89,7 @@ def serve(task: Task, receive: Callable[[], Any], send: Callable[[Message], None
         index, prepared = current
         send(Started(index))  # lets the parent blame the right job if this process dies
         if settle:
-            with _full_collections_deferred():
+            with _FullCollectionsDeferred():
                 result = task.run(prepared)  # compiles its kernels on the first call
             freeze_heap()
             settle = False
@@ -98,7 +98,7 @@ def serve(task: Task, receive: Callable[[], Any], send: Callable[[Message], None
         send(Done(index, result))
 
 
-class _full_collections_deferred:
+class _FullCollectionsDeferred:
     """Raise the generation-2 threshold for a while (compilation allocates ~1M objects and
     would otherwise trigger repeated full scans of a growing heap); young generations still
     collect, and refcounting frees everything acyclic as usual."""
@@ -148,14 +148,14 @@ def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Co
         serve(task, lambda: receive(conn), conn.send, settle_heap=own_process)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         return  # the parent stopped listening; nothing left to report to
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001
         text = traceback.format_exc()
         try:
             conn.send(Failed(exc, text))
-        except Exception:  # the exception itself may not pickle
+        except Exception:  # noqa: BLE001 - the exception itself may not pickle
             try:
                 conn.send(Failed(RuntimeError(repr(exc)), text))
-            except Exception:
+            except Exception:  # noqa: BLE001
                 pass
 
 

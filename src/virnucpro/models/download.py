@@ -40,7 +40,7 @@ def _download_url(url: str, dest: Path, validate: Callable[[Path], object] | Non
         partial = None
     except ModelError:
         raise
-    except Exception as exc:  # network errors come in many types; all mean the same here
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types; all mean the same here
         raise ModelError(f"download of {url} failed: {exc}") from None
     finally:
         if partial is not None:
@@ -67,7 +67,7 @@ def download_dnabert_s(log: Callable[[str], None]) -> Path:
             DNABERT_S_REPO, cache_dir=cache,
             allow_patterns=["config.json", "pytorch_model.bin", "tokenizer.json"],
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         raise ModelError(f"download of {DNABERT_S_REPO} from the Hugging Face hub failed: {exc}") from None
     return Path(folder)
 

@@ -51,7 +51,7 @@ class Monitor:
             for subscriber in self._subscribers:
                 try:
                     subscriber(event)
-                except Exception as exc:  # the others still see the event (e.g. the summary
+                except Exception as exc:  # noqa: BLE001 - the others still see the event (e.g. the summary
                     failure = failure or exc  # is written when the metrics file failed)
             if failure is not None:
                 raise failure

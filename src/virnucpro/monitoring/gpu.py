@@ -71,7 +71,7 @@ class NvmlSampler:
             if nvml is None:
                 import pynvml as nvml
             nvml.nvmlInit()
-        except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        except Exception as exc:  # noqa: BLE001 - ImportError, NVMLError_LibraryNotFound, DriverNotLoaded, ...
             log.debug("no GPU metrics: NVML unavailable (%s)", exc)
             return None
         handles = {}
@@ -80,7 +80,7 @@ class NvmlSampler:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
                 name = nvml.nvmlDeviceGetName(handle)
                 handles[device] = (index, handle, name.decode() if isinstance(name, bytes) else str(name))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             log.debug("no GPU metrics: %s", exc)
             nvml.nvmlShutdown()
             return None
@@ -92,12 +92,12 @@ class NvmlSampler:
             try:
                 util = self._nvml.nvmlDeviceGetUtilizationRates(handle)
                 mem = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-            except Exception as exc:  # a GPU fallen off the bus must not stop the run
+            except Exception as exc:  # noqa: BLE001 - a GPU fallen off the bus must not stop the run
                 log.debug("GPU %s not sampled: %s", device, exc)
                 continue
             try:
                 power = self._nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0  # milliwatts
-            except Exception:
+            except Exception:  # noqa: BLE001
                 power = None
             samples.append(GpuSample(device, index, name, float(util.gpu), mem.used / _MIB,
                                      mem.total / _MIB, power))
@@ -106,7 +106,7 @@ class NvmlSampler:
     def close(self) -> None:
         try:
             self._nvml.nvmlShutdown()
-        except Exception:
+        except Exception:  # noqa: BLE001
             pass
 
 

@@ -19,18 +19,27 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
-import logging
-
 import numpy as np
 
 from virnucpro.errors import InputError, OutputError
-from virnucpro.layout import (METRICS_NAME, REPORT_NAME, RESULTS_NAME, SEQUENCES_NAME, SUMMARY_NAME, chunk_is_virus,
-                              chunk_spans, record_and_chunk, remove_quietly, write_text_atomic)
+from virnucpro.layout import (
+    METRICS_NAME,
+    REPORT_NAME,
+    RESULTS_NAME,
+    SEQUENCES_NAME,
+    SUMMARY_NAME,
+    chunk_is_virus,
+    chunk_spans,
+    record_and_chunk,
+    remove_quietly,
+    write_text_atomic,
+)
 from virnucpro.monitoring import svg
 from virnucpro.monitoring.events import Event, describe_startup
 from virnucpro.monitoring.gpu import read_metrics
@@ -90,7 +99,7 @@ def scan_results(path: Path, *, first: int = 5, ids: Iterable[str] | None = None
         next(handle, None)  # header
         for line in handle:
             frame_id, _, a, b = line.rstrip("\n").split("\t")
-            s1, s2 = float(a), float(b)
+            s2 = float(b)
             frames += 1
             counts[_score_bin(s2)] += 1
             parsed = record_and_chunk(frame_id)

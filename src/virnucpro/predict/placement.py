@@ -103,7 +103,7 @@ def esm_on_device(esm: ESM2, device: torch.device, dtype: torch.dtype, *,
     except BaseException:
         try:
             done()  # the thread uses the module: let it finish before the error unwinds
-        except BaseException as beside:  # likely a consequence; the copy's error is the news
+        except BaseException as beside:  # noqa: BLE001 - likely a consequence; the copy's error is the news
             log.debug("also failed beside the copy: %s: %s", type(beside).__name__, beside)
         raise
     copy_seconds = time.perf_counter() - t0

@@ -112,7 +112,9 @@ class FramePredictor:
                             keep_embeddings: bool = False) -> FramePredictions:
         """Classifier only, on embeddings computed earlier (e.g. by the original VirNucPro):
         dna [N, D_dna] and protein [N, D_esm] float32 rows, one per frame."""
-        to_device = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
+        def to_device(rows: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(self.device)
+
         return self._classify(to_device(dna), to_device(protein), keep_embeddings)
 
     def _classify(self, dna: torch.Tensor, protein: torch.Tensor, keep_embeddings: bool) -> FramePredictions:
