@@ -10,17 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
+from example_reads import first_reads
 
 from virnucpro.cli import main
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ecoli_reads150.fa"
-
 
 def sample(folder: Path, records: int = 20) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "reads.fa"
-    path.write_text("\n".join(EXAMPLE.read_text().splitlines()[: 2 * records]) + "\n")
-    return path
+    return first_reads(folder, records)
 
 
 def predict(path: Path, *extra: str) -> int:

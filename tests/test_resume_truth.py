@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from example_reads import first_reads
 
 from virnucpro import pipeline
 from virnucpro.config import RunConfig
@@ -17,14 +18,9 @@ from virnucpro.monitoring import MonitorOptions, attach
 from virnucpro.monitoring.events import Monitor
 from virnucpro.predict.task import make_frame_task
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ecoli_reads150.fa"
-
 
 def sample(folder: Path, records: int = 60) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "reads.fa"
-    path.write_text("\n".join(EXAMPLE.read_text().splitlines()[: 2 * records]) + "\n")
-    return path
+    return first_reads(folder, records)
 
 
 def config(path: Path, **changes) -> RunConfig:
