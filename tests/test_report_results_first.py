@@ -37,11 +37,11 @@ def result_folder(folder: Path, lengths: list[int], *, seed: int = 0, threshold:
     s1 = (1 - s2).astype(np.float32)
     with ResultWriter(folder) as writer, SequenceCalls(folder, CallRule(threshold=threshold)) as calls:
         for record in read_records(source):
-            calls.index.add(record.id, len(record.seq), len(chunk_starts(len(record.seq), CHUNK)))
+            calls.index.add(record, len(chunk_starts(len(record.seq), CHUNK)))
         writer.add(ids, s1, s2)
-        calls.add(ids, s1, s2)
+        calls.add_scores(ids, s1, s2)
         writer.close()
-        calls.finish(folder / "prediction_summary.tsv", folder / "viral_sequences.fa", source)
+        calls.finish(folder / "prediction_summary.tsv", folder / "viral_sequences.fa")
     summary = {"input": str(source), "parameters": {"chunk_len": CHUNK, "threshold": threshold,
                                                     "min_virus_fraction": 0.5},
                "versions": {"virnucpro": "x", "torch": "x", "python": "x"}, "devices": ["cpu"], "dtype": "float32",

@@ -18,10 +18,10 @@ def run_calls(tmp_path: Path, source: Path, chunk_len: int, ids, s1, s2, rule=Ca
     """The calls of `source`'s records given these frame scores (in input order)."""
     with SequenceCalls(tmp_path, rule) as calls:
         for record in read_records(source):
-            calls.index.add(record.id, len(record.seq), len(chunk_starts(len(record.seq), chunk_len)))
+            calls.index.add(record, len(chunk_starts(len(record.seq), chunk_len)))
         for start in range(0, len(ids), 7):  # in pieces, as shards arrive
-            calls.add(ids[start:start + 7], s1[start:start + 7], s2[start:start + 7])
-        counts = calls.finish(tmp_path / "summary.tsv", tmp_path / "viral.fa", source)
+            calls.add_scores(ids[start:start + 7], s1[start:start + 7], s2[start:start + 7])
+        counts = calls.finish(tmp_path / "summary.tsv", tmp_path / "viral.fa")
     rows = [line.split("\t") for line in (tmp_path / "summary.tsv").read_text().splitlines()[1:]]
     assert not list(tmp_path.glob(".*.tmp"))  # the spools are gone
     return counts, rows

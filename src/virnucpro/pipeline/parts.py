@@ -32,7 +32,7 @@ from virnucpro.predict.task import DeviceInfo, frame_cost
 from virnucpro.stages.calls import CallRule
 from virnucpro.stages.read import InputState
 from virnucpro.stages.reuse_original import OriginalRun
-from virnucpro.stages.types import Frame
+from virnucpro.stages.types import Frame, Record
 from virnucpro.stages.write import IntermediateFiles
 from virnucpro.store import PartRecord, PartSet, RunLock, ShardResult
 
@@ -50,8 +50,8 @@ class PartCounts:
     own_chunks: int = 0
     _last_chunk: str | None = None
 
-    def add(self, record_id: str, length: int, chunks: int) -> None:
-        """As a record index: every record read, with its number of chunks."""
+    def add(self, record: Record, chunks: int) -> None:
+        """As the stream's record sink: every record read, with its number of chunks."""
         self.records += 1
         self.chunks += chunks
 

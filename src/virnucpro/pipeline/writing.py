@@ -61,13 +61,13 @@ def write_results(config: RunConfig, layout: RunLayout, monitor: Monitor, starte
         frames = stream_of(config, layout, monitor, files, started, calls.index, original)
         for result in results(plan_shards(frames, frame_cost, config.shard_tokens)):
             writer.add(result.ids, result.score1, result.score2)
-            calls.add(result.ids, result.score1, result.score2)
+            calls.add_scores(result.ids, result.score1, result.score2)
             if config.save_embeddings:
                 embeddings.add(result.ids, result.dna_embeddings, result.protein_embeddings)
             done.frames += len(result.ids)
             done.shards += 1
         writer.close()  # the original's two files first: the per-sequence files come after them
-        done.calls = calls.finish(layout.result(SEQUENCES_NAME), layout.result(VIRAL_FASTA_NAME), config.input)
+        done.calls = calls.finish(layout.result(SEQUENCES_NAME), layout.result(VIRAL_FASTA_NAME))
     return done
 
 

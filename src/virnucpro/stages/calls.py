@@ -1,13 +1,13 @@
 """Per-sequence calls: one verdict per input record, from its chunks' scores.
 
 The original stops at per-frame rows and per-chunk True/False; users want one row per input
-sequence and the hits as FASTA. Built from two streams in input order, each spooled to a
-temporary file as the run goes (flat memory on any input):
-  - every record read, with its length and number of chunks (RecordIndex), and
-  - the frames' scores, folded per chunk (max score1, max score2 over its frames) and per
-    record (CallTally).
-`write_sequence_summary` joins them into prediction_summary.tsv; `write_viral_fasta` copies
-the records called virus from the input. A chunk counts as virus by the original's rule
+sequence and the hits as FASTA. Both are written as the run goes, from two streams in input
+order: every record as it is read (kept until its verdict is known), and the frames' scores
+as the shard results arrive, folded per chunk (max score1, max score2 over its frames) and per
+record. A record's row -- and its FASTA entry, if it is called virus -- is written once its
+last chunk's scores are in, so nothing is left to do after the last shard (no second pass
+over the input while the GPUs idle), and memory holds only the records between the results
+and the reading. A chunk counts as virus by the original's rule
 (its max score2 >= its max score1) or, with a threshold T, when its max score2 >= T; a record
 is called virus when its share of virus chunks reaches the minimum fraction.
 """
@@ -15,7 +15,9 @@ is called virus when its share of virus chunks reaches the minimum fraction.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+import os
+from collections import deque
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.errors import OutputError
-from virnucpro.layout import atomic_write, chunk_is_virus, open_temp, record_and_chunk
-from virnucpro.stages.read import read_records
+from virnucpro.layout import SEQUENCES_NAME, VIRAL_FASTA_NAME, chunk_is_virus, open_temp, record_and_chunk
+from virnucpro.stages.types import Record
 from virnucpro.stages.write import wrapped
 
 SUMMARY_HEADER = ("sequence_id\tlength\tchunks\tchunks_scored\tvirus_chunks\tvirus_fraction\t"
@@ -56,65 +58,39 @@ class CallCounts:
                 "no_frames": self.no_frames, "skipped": self.skipped}
 
 
-class _Spool:
-    """Rows of text in a temporary file of the result folder, written now, read back once."""
-
-    def __init__(self, folder: Path, name: str) -> None:
-        self.path, self._handle = open_temp(folder, name)
-        self._lines: list[str] = []
-
-    def write(self, line: str) -> None:
-        self._lines.append(line)
-        if len(self._lines) >= 4096:
-            self.flush()
-
-    def flush(self) -> None:
-        try:
-            self._handle.write("".join(self._lines))
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        self._lines.clear()
-
-    def rows(self) -> Iterator[list[str]]:
-        self.flush()
-        self._handle.close()
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                yield line.rstrip("\n").split("\t")
-
-    def discard(self) -> None:
-        with suppress(OSError):
-            self._handle.close()
-        with suppress(OSError):
-            self.path.unlink(missing_ok=True)
-
-
-class RecordIndex(_Spool):
-    """Every input record in order: id, length, number of chunks."""
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder, "record-index")
-
-    def add(self, record_id: str, length: int, chunks: int) -> None:
-        self.write(f"{record_id}\t{length}\t{chunks}\n")
-
-
-class CallTally(_Spool):
-    """Frame scores, in input order, folded per chunk and then per record: for each record
-    with at least one kept frame, its scored chunks, virus chunks, max score2 and the sum of
-    its chunks' max score2."""
+class SequenceCalls:
+    """The per-sequence calls of a run, as a context over the result folder: `index.add` gets
+    each record as it is read, `add_scores` the frame scores in input
+    order, `finish` completes prediction_summary.tsv and viral_sequences.fa and puts them in
+    place. Written under temporary names; removed if the run fails."""
 
     def __init__(self, folder: Path, rule: CallRule) -> None:
-        super().__init__(folder, "record-scores")
         self.rule = rule
-        self._record: str | None = None
+        self.index = self  # what the frame stream reports every record to
+        self._temps: list[tuple[Path, object]] = []
+        try:
+            for name in (SEQUENCES_NAME, VIRAL_FASTA_NAME):
+                self._temps.append(open_temp(folder, name))
+        except OSError as exc:
+            self._discard()
+            raise OutputError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+        self._pending: deque[tuple[Record, int]] = deque()  # read, verdict not yet known
+        self._counts = dict.fromkeys(CALLS, 0)
+        self._rows: list[str] = [SUMMARY_HEADER]
+        self._fasta: list[str] = []
+        self._record: str | None = None  # the record and chunk whose frames are being folded
         self._chunk: int | None = None
         self._chunk_max = [0.0, 0.0]
         self._scored = self._virus = 0
         self._max2 = -math.inf
         self._sum2 = 0.0
 
-    def add(self, frame_ids: Iterable[str], score1: np.ndarray, score2: np.ndarray) -> None:
+    def add(self, record: Record, chunks: int) -> None:
+        """A record as it is read, with its number of chunks (the frame stream's index)."""
+        self._pending.append((record, chunks))
+
+    def add_scores(self, frame_ids: Iterable[str], score1: np.ndarray, score2: np.ndarray) -> None:
+        """Scores of frames, in input order (a shard's, as it arrives)."""
         for frame_id, s1, s2 in zip(frame_ids, score1.tolist(), score2.tolist()):
             record, chunk = _record_and_chunk(frame_id)
             if record != self._record or chunk != self._chunk:
@@ -125,6 +101,7 @@ class CallTally(_Spool):
                 self._chunk, self._chunk_max = chunk, [s1, s2]
             else:
                 self._chunk_max = [max(self._chunk_max[0], s1), max(self._chunk_max[1], s2)]
+        self._flush()
 
     def _end_chunk(self) -> None:
         if self._chunk is None:
@@ -138,13 +115,62 @@ class CallTally(_Spool):
 
     def _end_record(self) -> None:
         if self._record is not None:
-            self.write(f"{self._record}\t{self._scored}\t{self._virus}\t{self._max2!r}\t{self._sum2!r}\n")
+            self._write_up_to(self._record, (self._scored, self._virus, self._max2, self._sum2))
         self._record, self._scored, self._virus, self._max2, self._sum2 = None, 0, 0, -math.inf, 0.0
 
-    def rows(self) -> Iterator[list[str]]:
+    def _write_up_to(self, record_id: str | None, scored: tuple | None) -> None:
+        """Rows of the pending records up to `record_id` (which gets `scored`); those before
+        it had no kept frame. None: every pending record."""
+        while self._pending:
+            record, chunks = self._pending.popleft()
+            ours = record.id == record_id
+            line, call = _summary_line(record.id, len(record.seq), chunks, scored if ours else None, self.rule)
+            self._rows.append(line)
+            self._counts[call] += 1
+            if call == "virus":
+                self._fasta.append(f">{record.title}\n{wrapped(record.seq)}")
+            if ours:
+                return
+        if record_id is not None:
+            raise ValueError(f"scores of {record_id!r} match no input record read (out of order?)")
+
+    def _flush(self) -> None:
+        for (path, handle), lines in zip(self._temps, (self._rows, self._fasta)):
+            try:
+                handle.write("".join(lines))
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            lines.clear()
+
+    def finish(self, summary: Path, viral_fasta: Path) -> CallCounts:
+        """The last records' rows (after the last scored one, none had a kept frame), then both
+        files into place."""
         self._end_chunk()
         self._end_record()
-        return super().rows()
+        self._write_up_to(None, None)
+        self._flush()
+        try:
+            for (temp, handle), final in zip(self._temps, (summary, viral_fasta)):
+                handle.close()
+                os.replace(temp, final)
+        except OSError as exc:
+            raise OutputError(f"cannot write {summary} and {viral_fasta}: {exc.strerror or exc}") from None
+        self._temps = []
+        return CallCounts(sum(self._counts.values()), **self._counts)
+
+    def _discard(self) -> None:
+        for path, handle in self._temps:
+            with suppress(OSError):
+                handle.close()
+            with suppress(OSError):
+                path.unlink(missing_ok=True)
+        self._temps = []
+
+    def __enter__(self) -> "SequenceCalls":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._discard()  # nothing left after finish; the temporaries after a failure
 
 
 def _record_and_chunk(frame_id: str) -> tuple[str, int]:
@@ -154,79 +180,15 @@ def _record_and_chunk(frame_id: str) -> tuple[str, int]:
     return parsed
 
 
-def write_sequence_summary(path: Path, records: RecordIndex, tally: CallTally) -> tuple[CallCounts, bytearray]:
-    """prediction_summary.tsv: one row per record of the index, in its order. Returns the
-    counts per call and, per record, whether it was called virus (one byte each)."""
-    counts = dict.fromkeys(CALLS, 0)
-    viral = bytearray()
-    scored = tally.rows()
-    pending = next(scored, None)
-    with atomic_write(path, what=path) as out:
-        out.write(SUMMARY_HEADER)
-        for record_id, length, chunks in records.rows():
-            row = None
-            if pending is not None and pending[0] == record_id:
-                row, pending = pending, next(scored, None)
-            line, call = _summary_line(record_id, int(length), int(chunks), row, tally.rule)
-            out.write(line)
-            counts[call] += 1
-            viral.append(call == "virus")
-        if pending is not None:
-            raise ValueError(f"scores of {pending[0]!r} match no input record (out of order?)")
-    return CallCounts(sum(counts.values()), **counts), viral
-
-
-def _summary_line(record_id: str, length: int, chunks: int, scored: list[str] | None,
+def _summary_line(record_id: str, length: int, chunks: int, scored: tuple | None,
                   rule: CallRule) -> tuple[str, str]:
     if scored is None:
         call = "skipped" if length == 0 else "no_frames"
         return f"{record_id}\t{length}\t{chunks}\t0\t0\tNA\tNA\tNA\t{call}\n", call
-    _, n_scored, n_virus, max2, sum2 = scored
-    n_scored, n_virus = int(n_scored), int(n_virus)
+    n_scored, n_virus, max2, sum2 = scored
     fraction = n_virus / n_scored
     call = "virus" if fraction >= rule.min_virus_fraction else "others"
     # Scores in the float32 shortest form prediction_results.txt uses.
-    max_text, mean_text = str(np.float32(float(max2))), str(np.float32(float(sum2) / n_scored))
+    max_text, mean_text = str(np.float32(max2)), str(np.float32(sum2 / n_scored))
     return (f"{record_id}\t{length}\t{chunks}\t{n_scored}\t{n_virus}\t{fraction:.4f}\t{max_text}\t"
             f"{mean_text}\t{call}\n", call)
-
-
-def write_viral_fasta(path: Path, source: Path, viral: bytearray) -> int:
-    """viral_sequences.fa: the records of `source` marked in `viral` (one flag per record, in
-    order), their headers as in the input and their sequences in 60-column lines."""
-    written = 0
-    with atomic_write(path, what=path) as out:
-        for index, record in enumerate(read_records(source)):
-            if index < len(viral) and viral[index]:
-                out.write(f">{record.title}\n{wrapped(record.seq)}")
-                written += 1
-    return written
-
-
-class SequenceCalls:
-    """The per-sequence calls of a run, as a context: `index` gets the records as they are
-    read, `add` the frame scores in input order, `finish` writes prediction_summary.tsv and
-    viral_sequences.fa. The spools are removed whatever happens."""
-
-    def __init__(self, folder: Path, rule: CallRule) -> None:
-        self.index = RecordIndex(folder)
-        try:
-            self.tally = CallTally(folder, rule)
-        except BaseException:
-            self.index.discard()
-            raise
-
-    def add(self, frame_ids: Iterable[str], score1: np.ndarray, score2: np.ndarray) -> None:
-        self.tally.add(frame_ids, score1, score2)
-
-    def finish(self, summary: Path, viral_fasta: Path, source: Path) -> CallCounts:
-        counts, viral = write_sequence_summary(summary, self.index, self.tally)
-        write_viral_fasta(viral_fasta, source, viral)
-        return counts
-
-    def __enter__(self) -> "SequenceCalls":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.index.discard()
-        self.tally.discard()

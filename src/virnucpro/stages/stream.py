@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from virnucpro.stages.calls import RecordIndex
 from virnucpro.stages.chunk import chunk_starts, iter_chunks
 from virnucpro.stages.read import MASK64, IdTally, InputState, ReadPosition, read_records
 from virnucpro.stages.translate import select_frames
@@ -17,6 +17,13 @@ from virnucpro.stages.types import Frame, Record
 from virnucpro.stages.write import IntermediateFiles
 
 CHUNKS_PER_TRANSLATION_BLOCK = 8_192
+
+
+class RecordSink(Protocol):
+    """What the stream reports every record to, as it is read (before --rna-as-dna)."""
+
+    def add(self, record: Record, chunks: int) -> None: ...
+
 _U_AS_T = str.maketrans("Uu", "Tt")
 _NAMED_RNA_RECORDS = 5
 
@@ -36,7 +43,7 @@ class RnaRecords:
 
 
 def stream_frames(path: Path, chunk_len: int, files: IntermediateFiles, *, rna_as_dna: bool = False,
-                  started: InputState | None = None, index: RecordIndex | None = None,
+                  started: InputState | None = None, index: RecordSink | None = None,
                   on_empty: Callable[[str], None],
                   on_progress: Callable[[int, int, int, float], None],
                   on_rna: Callable[[RnaRecords], None] = lambda rna: None) -> Iterator[Frame]:
@@ -75,12 +82,12 @@ class _Seen:
     digest: int = 0  # sum of the ids' hashes (reduced mod 2**64 at the end)
 
 
-def _counted(records: Iterable[Record], seen: _Seen, index: RecordIndex | None, chunk_len: int) -> Iterator[Record]:
+def _counted(records: Iterable[Record], seen: _Seen, index: RecordSink | None, chunk_len: int) -> Iterator[Record]:
     for record in records:
         seen.records += 1
         seen.digest += hash(record.id)
         if index is not None:
-            index.add(record.id, len(record.seq), len(chunk_starts(len(record.seq), chunk_len)))
+            index.add(record, len(chunk_starts(len(record.seq), chunk_len)))
         yield record
 
 
