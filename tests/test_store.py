@@ -63,3 +63,26 @@ def test_a_checkpoint_that_cannot_be_written_is_an_output_error(tmp_path):
     shutil.rmtree(tmp_path / STORE_DIRNAME)  # e.g. removed (or the disk filled) mid-run
     with pytest.raises(OutputError, match="shard_000000"):
         store.save(result(0))
+
+
+def test_saves_on_the_writer_thread_are_all_there_after_close(tmp_path):
+    store = ShardStore(tmp_path / STORE_DIRNAME, "fp1")
+    for index in range(10):  # more than wait in the queue at once
+        store.save_later(result(index))
+    store.close()
+    assert all(store.has(index) for index in range(10))
+    assert store.load(7, expected_ids=result(7).ids) is not None
+
+
+def test_a_failed_save_on_the_writer_thread_is_raised_to_the_caller(tmp_path, monkeypatch):
+    from virnucpro.errors import OutputError
+
+    store = ShardStore(tmp_path / STORE_DIRNAME, "fp1")
+
+    def full(_result):
+        raise OutputError("cannot write checkpoint: No space left on device")
+
+    monkeypatch.setattr(store, "save", full)
+    store.save_later(result(0))
+    with pytest.raises(OutputError, match="No space left"):
+        store.close()

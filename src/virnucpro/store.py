@@ -21,7 +21,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import shutil
+import threading
 import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -41,6 +43,7 @@ from virnucpro.layout import (
 )
 
 FORMAT_VERSION = 1
+SAVES_IN_FLIGHT = 4  # shard results waiting for the writer thread before the engine waits too
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,9 @@ class ShardStore(ShardFiles):
         first shards were computed with, for a resume to reuse)."""
         super().__init__(root)
         self.fingerprint = fingerprint
+        self._writer: threading.Thread | None = None  # saves shards off the engine's loop
+        self._queue: queue.Queue = queue.Queue(maxsize=SAVES_IN_FLIGHT)
+        self._failure: BaseException | None = None
         self._recorded = {"parameters": parameters} if parameters is not None else {}
         self._recorded.update(facts or {})
         try:
@@ -163,6 +169,40 @@ class ShardStore(ShardFiles):
         path = self.shard_path(result.index)
         with atomic_write(path, text=False, what=f"checkpoint {path}") as handle:
             np.savez(handle, **arrays)
+
+    def save_later(self, result: ShardResult) -> None:
+        """Save `result` on the store's own writer thread, so the caller (the engine's loop,
+        handing out jobs to every device) does not wait on the disk; at most SAVES_IN_FLIGHT
+        wait their turn. A failure of an earlier save is raised here, or by close()."""
+        self._raise_failure()
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_queued, name="store-writer", daemon=True)
+            self._writer.start()
+        self._queue.put(result)
+
+    def _write_queued(self) -> None:
+        while (result := self._queue.get()) is not None:
+            try:
+                if self._failure is None:
+                    self.save(result)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self._failure = exc
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def close(self) -> None:
+        """Wait until every queued shard is written; raise the first failure."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        self._raise_failure()
 
     def load(self, index: int, expected_ids: list[str] | None = None, *,
              need_embeddings: bool = False, discard_bad: bool = True) -> ShardResult | None:

@@ -147,6 +147,14 @@ def _run(workers: "Workers", config: RunConfig, monitor: Monitor, restart: bool,
                       outcome.calls, outcome.part)
 
 
+def _close_quietly(store: ShardStore) -> None:
+    """Finish the store's pending saves while another error unwinds (that one is the news)."""
+    try:
+        store.close()
+    except Exception:  # noqa: BLE001 - e.g. the disk that failed the run fails these too
+        pass
+
+
 def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart: bool, workers: "Workers",
                 parameters: dict, input_stat: tuple, started_as: Started) -> RunCounts:
     # Each device's worker loads the models itself, once; the parent never touches a GPU.
@@ -187,8 +195,13 @@ def _run_locked(config: RunConfig, layout: RunLayout, monitor: Monitor, restart:
     except InputError:
         # The input itself is broken: results for it are meaningless, keep nothing. (On
         # any other failure finished shards stay, so a rerun resumes where this one stopped.)
+        _close_quietly(store)
         remove_quietly(layout.store)
         raise
+    except BaseException:
+        _close_quietly(store)  # the shards computed so far are saved: a rerun resumes from them
+        raise
+    store.close()  # every shard saved (its first failure raised) before the store goes or a part is marked done
     if late := workers.engine.loading():
         monitor.info(f"{', '.join(late)} still loading when the work ran out; "
                      "the other device(s) did it all")

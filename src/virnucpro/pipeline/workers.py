@@ -98,7 +98,7 @@ class _EngineEvents:
             self.monitor.emit("shard_started", index=event.job.payload.index, frames=event.job.size,
                               tokens=event.job.cost, device=event.device)
         elif isinstance(event, JobDone):
-            self.store.save(event.result)
+            self.store.save_later(event.result)
             self.monitor.emit("shard_done", index=event.result.index, frames=event.job.size,
                               tokens=event.job.cost, seconds=event.seconds, device=event.device,
                               resumed=False, batches_halved=event.result.batches_halved,
