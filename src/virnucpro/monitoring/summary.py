@@ -26,7 +26,7 @@ SUMMARY_FORMAT = 1
 
 
 def model_entry(identity: str) -> dict:
-    """'path|sha256:...' or 'path|size:..|mtime_ns:..' (models.load.file_identity), a bare
+    """'path|sha256:...' or 'path|size:..|mtime_ns:..' (config.file_identity), a bare
     folder hash, or 'demo' -> {identity, path, hash}."""
     path, _, rest = identity.partition("|")
     if not rest:

@@ -26,7 +26,6 @@ from virnucpro.errors import InputError
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
 MIN_CAPABILITY = (8, 9)  # Ada (sm_89) and Hopper (sm_90) have fp8 tensor cores
-LINEARS = ("qkv_proj", "out_proj", "fc1", "fc2")  # the four GEMMs of an ESM-2 layer
 # Rows of an fp8 product in multiples of this: a batch of packed tokens is padded to one
 # (1: no padding, where the library takes any row count; benchmarks/bench_fp8.py checks).
 ROW_MULTIPLE = 16

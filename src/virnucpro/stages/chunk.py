@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
-from virnucpro.layout import chunk_starts  # the arithmetic, shared with the report's drawing
+from virnucpro.layout import chunk_name, chunk_starts  # the id grammar and arithmetic, shared with the report
 from virnucpro.stages.types import Chunk, Record
 
 __all__ = ["chunk_length_hint", "chunk_record", "chunk_starts", "iter_chunks"]
@@ -23,9 +23,9 @@ def chunk_record(record: Record, chunk_len: int) -> list[Chunk]:
     """The chunks of one record, ids `{record.id}_chunk_{i}` from 1; [] for an empty record."""
     seq = record.seq
     if 0 < len(seq) <= chunk_len:  # the common case for reads: one whole chunk
-        return [Chunk(f"{record.id}_chunk_1", seq)]
+        return [Chunk(chunk_name(record.id, 1), seq)]
     return [
-        Chunk(f"{record.id}_chunk_{i}", seq[start : start + chunk_len])
+        Chunk(chunk_name(record.id, i), seq[start : start + chunk_len])
         for i, start in enumerate(chunk_starts(len(seq), chunk_len), start=1)
     ]
 
