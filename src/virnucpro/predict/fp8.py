@@ -27,11 +27,14 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
 MIN_CAPABILITY = (8, 9)  # Ada (sm_89) and Hopper (sm_90) have fp8 tensor cores
 # Rows of an fp8 product in multiples of this: a batch of packed tokens is padded to one
-# (1: no padding, where the library takes any row count; benchmarks/bench_fp8.py checks).
+# (a copy per linear layer). Some PyTorch/cuBLAS versions refuse other row counts; set to 1
+# by check_fp8_device where the device's library takes any (torch 2.11 on an H200 does).
 ROW_MULTIPLE = 16
-# Accumulate in the tensor cores' fast fp8 mode (faster, less exact than fp32 promotion);
-# off by default: fidelity first (benchmarks/bench_fp8.py measures both).
-FAST_ACCUM = False
+# Accumulate in the tensor cores' fast fp8 mode rather than promoting to fp32 every few
+# steps: on one H200 (benchmarks/RESULTS.md, 20k frames) 1.09x the ESM-2 tokens/s of the
+# promoted mode, with the same fidelity to fp32 to four digits (the error is the e4m3
+# rounding of the inputs, not the accumulation).
+FAST_ACCUM = True
 
 
 class Fp8Linear(nn.Module):
@@ -96,3 +99,18 @@ def check_fp8_device(device: torch.device) -> None:
             f"--precision fp8 needs a GPU with fp8 tensor cores (compute capability 8.9 or later: "
             f"L4, L40, H100, H200, ...); {device} ({torch.cuda.get_device_name(device)}) has "
             f"{capability[0]}.{capability[1]}: use --precision bf16")
+    global ROW_MULTIPLE
+    ROW_MULTIPLE = 1 if _takes_any_row_count(device) else 16
+
+
+def _takes_any_row_count(device: torch.device) -> bool:
+    """Whether a row-scaled fp8 product of 37 rows runs on `device` (else rows are padded)."""
+    a = torch.ones(37, 64, device=device).to(FP8)
+    b = torch.ones(48, 64, device=device).to(FP8)
+    try:
+        torch._scaled_mm(a, b.t(), scale_a=torch.ones(37, 1, device=device),
+                         scale_b=torch.ones(1, 48, device=device), out_dtype=torch.bfloat16)
+        torch.cuda.synchronize(device)
+        return True
+    except RuntimeError:
+        return False
