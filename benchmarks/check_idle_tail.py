@@ -9,7 +9,9 @@ For each run it records, from the run's own gpu_metrics.jsonl (NVML every second
 run_summary.json: wall time, frames/s end to end and per device, GPU busy % from the
 device's first finished shard to its last (the run summary's figure), GPU busy % from the
 first busy sample to the last sample of the run (what idles after the last shard counts
-here), the idle seconds at the end, and the whole utilisation timeline.
+here), the idle seconds at the end, and the whole utilisation timeline; and the process's
+full garbage collections (count, longest and total pause; benchmarks/gc_log/), which stop
+the thread that feeds the GPU while they run.
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ def tail_figures(samples: list[tuple[float, float]], interval: float) -> dict:
 def run(tree: Path, sample: Path, out: Path, env: dict[str, str], extra: list[str], interval: float) -> dict:
     cmd = [sys.executable, "-m", "virnucpro", "predict", str(sample), "300", "-o", str(out), "--devices", "cuda:0",
            "--monitor-interval", str(interval), "-q", *extra]
+    gc_log = out.parent / f"{out.name}_gc.jsonl"
+    path = os.pathsep.join([str(tree / "src"), str(HERE / "gc_log")])
     t0 = time.perf_counter()
-    subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": str(tree / "src")}, check=True)
+    subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": path, "VIRNUCPRO_BENCH_GC_LOG": str(gc_log)},
+                   check=True)
     wall = time.perf_counter() - t0
     summary = json.loads((out / "run_summary.json").read_text())
     samples = timeline(out / "gpu_metrics.jsonl")
@@ -60,7 +65,19 @@ def run(tree: Path, sample: Path, out: Path, env: dict[str, str], extra: list[st
             "frames_per_s_end_to_end": round(summary["frames"] / wall, 1),
             "frames_per_s_device": device["frames_per_s"],
             "busy_percent_first_to_last_shard": summary["gpu"]["cuda:0"]["mean_busy_percent_after_first_shard"],
-            **tail_figures(samples, interval), "timeline_elapsed_util": samples}
+            # what the run pays besides computing: wall minus frames at the device's steady rate
+            "fixed_cost_s": round(wall - summary["frames"] / device["frames_per_s"], 1),
+            "startup_s": summary.get("startup_seconds_per_device", {}).get("cuda:0"),
+            **tail_figures(samples, interval), "full_collections": full_collections(gc_log),
+            "timeline_elapsed_util": samples}
+
+
+def full_collections(gc_log: Path) -> dict:
+    """Generation-2 collections of the run's process: how many, the longest and total pause."""
+    rows = [json.loads(line) for line in gc_log.read_text().splitlines()] if gc_log.is_file() else []
+    full = [r["seconds"] for r in rows if r["generation"] == 2]
+    return {"count": len(full), "max_s": round(max(full, default=0.0), 3), "total_s": round(sum(full), 3),
+            "all_generations": len(rows)}
 
 
 def main() -> None:
