@@ -52,7 +52,7 @@ def tail_figures(samples: list[tuple[float, float]], interval: float) -> dict:
 def run(tree: Path, sample: Path, out: Path, env: dict[str, str], extra: list[str], interval: float) -> dict:
     cmd = [sys.executable, "-m", "virnucpro", "predict", str(sample), "300", "-o", str(out), "--devices", "cuda:0",
            "--monitor-interval", str(interval), "-q", *extra]
-    gc_log = out.parent / f"{out.name}_gc.jsonl"
+    gc_log = out.parent / f"{out.name}_gc.jsonl"  # kept beside the report by main()
     path = os.pathsep.join([str(tree / "src"), str(HERE / "gc_log")])
     t0 = time.perf_counter()
     subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": path, "VIRNUCPRO_BENCH_GC_LOG": str(gc_log)},
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tree", type=Path, nargs="+", default=[HERE.parent], help="source trees to run")
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--plain-only", action="store_true", help="skip the --save-embeddings runs")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("check_idle_tail needs a CUDA GPU")
@@ -98,11 +99,13 @@ def main() -> None:
         sample = work / "reads.fa"
         bench_stages.write_workload(sample, "reads150", args.bases)
         for tree in args.tree:
-            for extra in ([], ["--save-embeddings"]):
+            for extra in ([], ["--save-embeddings"])[: 1 if args.plain_only else 2]:
                 out = work / f"out_{len(report['runs'])}"
                 report["runs"].append(run(tree.resolve(), sample, out, env, extra, args.interval))
                 brief = {k: v for k, v in report["runs"][-1].items() if k != "timeline_elapsed_util"}
                 print(json.dumps(brief), flush=True)
+                if (work / f"{out.name}_gc.jsonl").is_file():
+                    (args.out / f"{out.name}_gc.jsonl").write_bytes((work / f"{out.name}_gc.jsonl").read_bytes())
                 (args.out / "idle_tail.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
