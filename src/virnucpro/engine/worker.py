@@ -7,13 +7,13 @@ The engine knows no biology. A task is whatever `factory(device)` builds: it has
 thread-safe) and `run(prepared)` (the device work). The same `serve` loop runs in a
 spawned process (several devices) or in a thread of the parent (one device).
 
-A worker defers Python's full garbage collections while its first job runs (where
+A worker process defers Python's full garbage collections while its first job runs (where
 compilation allocates about a million objects), then freezes its heap, so later collections
 never scan the loaded models (why: benchmarks/RESULTS.md, "Garbage collection in workers").
-A worker thread does so too, since the one-GPU run is where a full collection of the
-caller's process stalls the device (measured: benchmarks/RESULTS.md, "Idle tail"), and
-gives the process-wide collector back as it found it when it stops (gc.unfreeze), so a
-caller (a notebook, a test) is not left with a frozen heap.
+A worker thread in the caller's process leaves the collector alone: those settings are
+process-wide, and the caller (a notebook, a test) would be left with a frozen heap. Freezing
+there anyway (and unfreezing at the end) was tried for one-GPU runs: they ran 37 % slower,
+with a second of idle GPU after every shard (benchmarks/RESULTS.md, "Idle tail").
 
 Messages, worker -> parent: Ready, Started, Done, Failed (below). Parent -> worker:
 (index, payload), or None to stop.
@@ -140,14 +140,14 @@ def receive(conn: Connection) -> Any:
 def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection,
          own_process: bool = False, launched_at: float | None = None) -> None:
     """The worker body, shared by processes and the in-process thread. launched_at: the
-    parent's time.time() when it started this process (reported as start-up time). A thread
-    (not own_process) unfreezes the heap when it ends: the freeze is the caller's process's."""
+    parent's time.time() when it started this process (reported as start-up time)."""
     try:
         entered = time.time()
         task = factory(device)
-        freeze_heap()  # the loaded models: scanned once here instead of at every full collection
+        if own_process:
+            freeze_heap()  # the loaded models: scanned once here instead of at every full collection
         conn.send(Ready(task.info, _startup(entered, launched_at)))
-        serve(task, lambda: receive(conn), conn.send, settle_heap=True)
+        serve(task, lambda: receive(conn), conn.send, settle_heap=own_process)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         return  # the parent stopped listening; nothing left to report to
     except BaseException as exc:  # noqa: BLE001
@@ -159,9 +159,6 @@ def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Co
                 conn.send(Failed(RuntimeError(repr(exc)), text))
             except Exception:  # noqa: BLE001
                 pass
-    finally:
-        if not own_process:
-            gc.unfreeze()
 
 
 def process_main(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection,
