@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tree", type=Path, nargs="+", default=[HERE.parent], help="source trees to run")
     ap.add_argument("--interval", type=float, default=1.0)
-    ap.add_argument("--plain-only", action="store_true", help="skip the --save-embeddings runs")
+    ap.add_argument("--only", choices=("plain", "embeddings"), help="only the plain or the --save-embeddings runs")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("check_idle_tail needs a CUDA GPU")
@@ -99,7 +99,8 @@ def main() -> None:
         sample = work / "reads.fa"
         bench_stages.write_workload(sample, "reads150", args.bases)
         for tree in args.tree:
-            for extra in ([], ["--save-embeddings"])[: 1 if args.plain_only else 2]:
+            modes = {"plain": [], "embeddings": ["--save-embeddings"]}
+            for extra in [modes[args.only]] if args.only else modes.values():
                 out = work / f"out_{len(report['runs'])}"
                 report["runs"].append(run(tree.resolve(), sample, out, env, extra, args.interval))
                 brief = {k: v for k, v in report["runs"][-1].items() if k != "timeline_elapsed_util"}

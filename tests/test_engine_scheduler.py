@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import fault_tasks
 import pytest
@@ -247,3 +248,37 @@ def test_after_a_run_given_up_midway_settle_lets_the_engine_serve_the_next(devic
         out = list(engine.run(Job(i, 1, 100 + i, f"job {i}") for i in range(12)))
     assert out == [(i, (100 + i) * 10) for i in range(12)]
     assert len(started) - reported == 12  # settle's own results were not reported as the next run's
+
+
+class _Unpicklable:
+    """A payload and result no pipe could carry (a lock does not pickle)."""
+
+    def __init__(self, value: int) -> None:
+        self.value, self.lock = value, threading.Lock()
+
+
+class _Echo:
+    info = {"name": "echo"}
+
+    def prepare(self, payload):
+        return payload
+
+    def run(self, payload):
+        return _Unpicklable(payload.value * 10)
+
+
+def _echo(device):
+    return _Echo()
+
+
+def test_an_in_process_worker_hands_payloads_and_results_over_without_pickling():
+    """One device: the worker is a thread, and its shards' results (50 MB with embeddings)
+    pass to the main thread by reference, with only a ticket in the pipe; a result that could
+    not be pickled arrives all the same, and nothing is left held once the run is over."""
+    payloads = [_Unpicklable(i) for i in range(5)]
+    with Engine(_echo, [CPU]) as engine:
+        engine.launch()
+        engine.wait_ready()
+        out = list(engine.run(Job(i, 1, p, f"job {i}") for i, p in enumerate(payloads)))
+        assert [(i, r.value) for i, r in out] == [(i, i * 10) for i in range(5)]
+        assert engine._workers[0].courier._held == {}

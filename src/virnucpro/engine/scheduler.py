@@ -89,6 +89,13 @@ class _Worker:
     running: int | None = None
     running_since: float = 0.0
     restarts: int = 0  # times this device's worker was replaced after dying
+    courier: worker.Courier | None = None  # an in-process worker's: objects pass by ticket
+
+    def send(self, message: Any) -> None:
+        self.conn.send(self.courier.wrap(message) if self.courier else message)
+
+    def receive(self) -> Any:
+        return worker.receive(self.conn, self.courier)
 
 
 class Engine:
@@ -151,9 +158,10 @@ class Engine:
 
     def _spawn(self, device: torch.device) -> _Worker:
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
+        courier = worker.Courier() if self.in_process else None
         if self.in_process:
             runner = threading.Thread(target=worker.work, args=(self.factory, device, child_end),
-                                      daemon=True, name=f"worker-{device}")
+                                      kwargs={"courier": courier}, daemon=True, name=f"worker-{device}")
         else:
             runner = self._context.Process(
                 target=worker.process_main, name=f"virnucpro-worker-{device}", daemon=True,
@@ -164,7 +172,7 @@ class Engine:
         runner.start()
         if not self.in_process:
             child_end.close()  # so the parent sees EOF when the child dies
-        return _Worker(device, parent_end, runner)
+        return _Worker(device, parent_end, runner, courier=courier)
 
     def _stop_all(self, graceful: bool) -> None:
         for w in self._workers:
@@ -210,7 +218,7 @@ class Engine:
             for w in self._workers:
                 while w.ready and len(w.jobs) < JOBS_PER_WORKER and (job := state.take()) is not None:
                     w.jobs.append(job.index)
-                    w.conn.send((job.index, job.payload))
+                    w.send((job.index, job.payload))
             # Results first: an error raised while handling another message must not lose a
             # result that already arrived (it would be recomputed on resume).
             self._handle_all(self._next_messages(), first=Done)
@@ -252,10 +260,10 @@ class Engine:
         for ready in wait(list(waitables)):
             w = waitables[ready]
             if ready is w.conn:
-                out.append((w, worker.receive(w.conn)))
+                out.append((w, w.receive()))
             elif w.process.exitcode is not None or not w.process.is_alive():
                 # The pipe may still hold messages sent just before the death.
-                while w.conn.poll() and (message := worker.receive(w.conn)) is not None:
+                while w.conn.poll() and (message := w.receive()) is not None:
                     out.append((w, message))
                 out.append((w, None))
         # A death may be reported twice (pipe EOF and sentinel): keep the first.

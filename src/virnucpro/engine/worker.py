@@ -16,12 +16,14 @@ there anyway (and unfreezing at the end) was tried for one-GPU runs: they ran 37
 with a second of idle GPU after every shard (benchmarks/RESULTS.md, "Idle tail").
 
 Messages, worker -> parent: Ready, Started, Done, Failed (below). Parent -> worker:
-(index, payload), or None to stop.
+(index, payload), or None to stop. Between the threads of one process a Courier carries the
+payloads and results: the pipe then holds only a ticket (see Courier).
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import signal
 import time
@@ -71,6 +73,45 @@ class Failed:
 
 
 Message = Ready | Started | Done | Failed
+
+
+@dataclass(frozen=True)
+class Ticket:
+    number: int
+
+
+class Courier:
+    """Hands jobs' payloads and results between the threads of one process (the one-device
+    run) without pickling them: the pipe carries a Ticket and the object waits here.
+
+    Through the pipe, a shard's result with --save-embeddings (about 50 MB) was pickled by the
+    worker thread, which then blocked in send() until the main thread had read all of it, and
+    the device waited meanwhile. One courier per worker: what it still holds when the worker is
+    dropped goes with it."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, Any] = {}
+        self._numbers = itertools.count()
+
+    def wrap(self, message: Any) -> Any:
+        if isinstance(message, Done):
+            return Done(message.index, self._hold(message.result))
+        if isinstance(message, tuple):  # a job: (index, payload)
+            index, payload = message
+            return index, self._hold(payload)
+        return message
+
+    def unwrap(self, message: Any) -> Any:
+        if isinstance(message, Done) and isinstance(message.result, Ticket):
+            return Done(message.index, self._held.pop(message.result.number))
+        if isinstance(message, tuple) and isinstance(message[1], Ticket):
+            return message[0], self._held.pop(message[1].number)
+        return message
+
+    def _hold(self, obj: Any) -> Ticket:
+        number = next(self._numbers)  # atomic under the GIL, as are the dict's set and pop
+        self._held[number] = obj
+        return Ticket(number)
 
 
 def serve(task: Task, receive: Callable[[], Any], send: Callable[[Message], None], *,
@@ -129,25 +170,32 @@ def _startup(entered: float, launched_at: float | None) -> dict[str, float]:
     return phases
 
 
-def receive(conn: Connection) -> Any:
-    """The next object from the other end of a pipe; None once that end is gone."""
+def receive(conn: Connection, courier: Courier | None = None) -> Any:
+    """The next object from the other end of a pipe (what its ticket stands for, through a
+    courier); None once that end is gone."""
     try:
-        return conn.recv()
+        message = conn.recv()
     except (EOFError, OSError):
         return None
+    return courier.unwrap(message) if courier else message
 
 
 def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection,
-         own_process: bool = False, launched_at: float | None = None) -> None:
+         own_process: bool = False, launched_at: float | None = None,
+         courier: Courier | None = None) -> None:
     """The worker body, shared by processes and the in-process thread. launched_at: the
-    parent's time.time() when it started this process (reported as start-up time)."""
+    parent's time.time() when it started this process (reported as start-up time); courier:
+    the in-process thread's, which its parent shares."""
+    def send(message: Message) -> None:
+        conn.send(courier.wrap(message) if courier else message)
+
     try:
         entered = time.time()
         task = factory(device)
         if own_process:
             freeze_heap()  # the loaded models: scanned once here instead of at every full collection
-        conn.send(Ready(task.info, _startup(entered, launched_at)))
-        serve(task, lambda: receive(conn), conn.send, settle_heap=own_process)
+        send(Ready(task.info, _startup(entered, launched_at)))
+        serve(task, lambda: receive(conn, courier), send, settle_heap=own_process)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         return  # the parent stopped listening; nothing left to report to
     except BaseException as exc:  # noqa: BLE001
