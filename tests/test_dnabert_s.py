@@ -98,6 +98,22 @@ def test_bert_prefix_and_safetensors_load(tmp_path: Path) -> None:
     _assert_matches_reference(safetensors, DEMO_SEQS[:4])
 
 
+def test_weights_stored_in_fp16_load_as_fp32_on_the_cpu(tmp_path: Path) -> None:
+    """The module is built on the meta device and handed the file's tensors: half-precision
+    files are widened (exactly) to the fp32 the encoder computes in, and nothing is left on the
+    meta device."""
+    folder = make_dnabert_folder(tmp_path / "m", seed=5)
+    _, state = read_folder(folder)
+    half = {name: t.half() if t.is_floating_point() else t for name, t in state.items()}
+    torch.save(half, folder / "pytorch_model.bin")
+    model, _ = load_dnabert_s(folder)
+    loaded = dict(model.named_parameters())
+    assert {t.device.type for t in model.state_dict().values()} == {"cpu"}
+    for name, tensor in loaded.items():
+        stored = next(v for k, v in half.items() if k.endswith(name))
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, stored.float()), name
+
+
 def test_twelve_heads_slopes_and_numerics(tmp_path: Path) -> None:
     spec_slopes = [2.0 ** -k for k in range(1, 9)] + [2.0 ** -x for x in (0.5, 1.5, 2.5, 3.5)]
     assert alibi_slopes(12) == pytest.approx(spec_slopes, rel=1e-15)

@@ -74,13 +74,18 @@ def _snapshot_in_cache(cache: Path) -> Path | None:
 # --- loading -----------------------------------------------------------------------------
 
 def load_dnabert_s(folder: Path) -> tuple[DNABertS, DnaTokenizer]:
-    """Build the encoder from config.json + weights and its tokenizer; eval mode, fp32, CPU."""
+    """Build the encoder from config.json + weights and its tokenizer; eval mode, fp32, CPU.
+
+    Built on the meta device and handed the file's tensors (widened to fp32), as ESM-2 is:
+    a randomly initialised module first cost 2.3 s of a worker's start-up, all thrown away."""
     folder = Path(folder)
-    model = DNABertS(**_read_config(folder / "config.json"))
+    with torch.device("meta"):
+        model = DNABertS(**_read_config(folder / "config.json"))
     weights_file, state = _read_weights(folder)
     state = _encoder_keys(state)
     check_state(model, state, weights_file, _WHAT, "its config.json")
-    model.load_state_dict(state, strict=True)
+    state = {name: t.float() if t.is_floating_point() else t for name, t in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
     model.eval().requires_grad_(False)
     tokenizer = _read_tokenizer(folder / "tokenizer.json")
     if tokenizer.vocab_size > model.embeddings.word_embeddings.num_embeddings:
