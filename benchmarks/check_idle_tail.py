@@ -49,7 +49,8 @@ def tail_figures(samples: list[tuple[float, float]], interval: float) -> dict:
             "idle_seconds_at_end": round((len(samples) - 1 - busy_at[-1]) * interval, 1)}
 
 
-def run(tree: Path, sample: Path, out: Path, env: dict[str, str], extra: list[str], interval: float) -> dict:
+def run(tree: Path, sample: Path, out: Path, env: dict[str, str], extra: list[str], interval: float,
+        bases: int) -> dict:
     cmd = [sys.executable, "-m", "virnucpro", "predict", str(sample), "300", "-o", str(out), "--devices", "cuda:0",
            "--monitor-interval", str(interval), "-q", *extra]
     gc_log = out.parent / f"{out.name}_gc.jsonl"  # kept beside the report by main()
@@ -67,6 +68,8 @@ def run(tree: Path, sample: Path, out: Path, env: dict[str, str], extra: list[st
             "busy_percent_first_to_last_shard": summary["gpu"]["cuda:0"]["mean_busy_percent_after_first_shard"],
             # what the run pays besides computing: wall minus frames at the device's steady rate
             "fixed_cost_s": round(wall - summary["frames"] / device["frames_per_s"], 1),
+            # input bases over the device's computing time, as a user sizes a job
+            "gbp_per_gpu_hour": round(bases / (summary["frames"] / device["frames_per_s"]) * 3600 / 1e9, 3),
             "startup_s": summary.get("startup_seconds_per_device", {}).get("cuda:0"),
             **tail_figures(samples, interval), "full_collections": full_collections(gc_log),
             "timeline_elapsed_util": samples}
@@ -97,12 +100,12 @@ def main() -> None:
         work = Path(tmp)
         env = cached_models(work / "cache")
         sample = work / "reads.fa"
-        bench_stages.write_workload(sample, "reads150", args.bases)
+        report["input_bases_written"] = bench_stages.write_workload(sample, "reads150", args.bases)
         for tree in args.tree:
             modes = {"plain": [], "embeddings": ["--save-embeddings"]}
             for extra in [modes[args.only]] if args.only else modes.values():
                 out = work / f"out_{len(report['runs'])}"
-                report["runs"].append(run(tree.resolve(), sample, out, env, extra, args.interval))
+                report["runs"].append(run(tree.resolve(), sample, out, env, extra, args.interval, report["input_bases_written"]))
                 brief = {k: v for k, v in report["runs"][-1].items() if k != "timeline_elapsed_util"}
                 print(json.dumps(brief), flush=True)
                 if (work / f"{out.name}_gc.jsonl").is_file():
