@@ -282,3 +282,29 @@ def test_an_in_process_worker_hands_payloads_and_results_over_without_pickling()
         out = list(engine.run(Job(i, 1, p, f"job {i}") for i, p in enumerate(payloads)))
         assert [(i, r.value) for i, r in out] == [(i, i * 10) for i in range(5)]
         assert engine._workers[0].courier._held == {}
+
+
+class _RaisesEof:
+    info = {"name": "raises-eof"}
+
+    def prepare(self, payload):
+        return payload
+
+    def run(self, payload):
+        if payload == 2:
+            raise EOFError("a truncated file, read inside the task")
+        return payload * 10
+
+
+def _raises_eof(device):
+    return _RaisesEof()
+
+
+def test_a_task_raising_eof_error_is_reported_as_its_failure():
+    """EOFError (or a broken pipe) raised by the task itself is the task's failure, named in
+    the error; only a pipe to the parent that broke means "nobody left to report to"."""
+    failure = pytest.raises(WorkerFailed, match=r"failed on shard 2: EOFError: a truncated file")
+    with failure, Engine(_raises_eof, [CPU]) as engine:
+        engine.launch()
+        engine.wait_ready()
+        list(engine.run(Job(i, 1, i, f"job {i}") for i in range(5)))

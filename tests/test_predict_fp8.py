@@ -12,6 +12,7 @@ import torch
 from virnucpro.errors import InputError
 from virnucpro.models import demo
 from virnucpro.models.protein_alphabet import encode_proteins
+from virnucpro.predict import fp8 as fp8_module
 from virnucpro.predict.fp8 import FP8, Fp8Linear
 from virnucpro.predict.packing import pack_proteins
 from virnucpro.predict.placement import esm_on_device
@@ -20,7 +21,8 @@ from virnucpro.predict.precision import Precision
 AMINO = "LAGVSERTIDPKQNFYMHWC"
 
 
-def test_the_fp8_linear_is_the_product_of_its_row_scaled_operands():
+def test_the_fp8_linear_is_the_product_of_its_row_scaled_operands(monkeypatch):
+    monkeypatch.setattr(fp8_module, "ROW_MULTIPLE", 16)  # a GPU test's probe may have set 1
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
     fp8 = Fp8Linear(64, 48)
@@ -92,3 +94,13 @@ def test_gpu_fp8_predictor_compiled_beside_the_copy_stays_close_to_fp32():
     cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(got.protein_embeddings),
                                                    torch.from_numpy(exact.protein_embeddings), dim=1)
     assert cosine.min() > 0.99
+
+
+def test_the_fp8_precision_names_its_accumulation_mode(monkeypatch):
+    """The name enters the checkpoint fingerprint: a resume must not mix shards computed with
+    fast and with promoted accumulation (they differ in the last digits)."""
+    precision = Precision(torch.bfloat16, dnabert_autocast=True, packed=True, reference=False, fp8=True)
+    monkeypatch.setattr(fp8_module, "FAST_ACCUM", True)
+    fast = precision.name
+    monkeypatch.setattr(fp8_module, "FAST_ACCUM", False)
+    assert (fast, precision.name) == ("fp8-fast-accum+bfloat16", "fp8+bfloat16")

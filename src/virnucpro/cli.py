@@ -488,10 +488,6 @@ def _predict_command(args: argparse.Namespace) -> int:
         return _predict_samples(args)
     if args.input is None:
         raise InputError("predict needs an INPUT file (or --samples SHEET)")
-    if args.precision == "fp8":
-        log.warning("--precision fp8 is experimental: on random full-size weights its ESM-2 embeddings "
-                    "missed the fidelity gates (median cosine 0.9965 to fp32, p99 score difference "
-                    "0.03); check it on your data with `virnucpro compare` before relying on it")
     if args.part is not None:
         return _predict_part(args)
     return _predict(args)

@@ -321,7 +321,7 @@ class Engine:
             return
         state = self._state
         w.process.join(STOP_GRACE_S)
-        code = w.process.exitcode
+        code = getattr(w.process, "exitcode", None)  # None for an in-process thread
         # The job it was running; before its first "started", the one it was preparing (else a
         # shard that kills its worker while being prepared would restart it forever).
         suspect = w.running if w.running in w.jobs else (w.jobs[0] if w.jobs else None)

@@ -180,6 +180,10 @@ def receive(conn: Connection, courier: Courier | None = None) -> Any:
     return courier.unwrap(message) if courier else message
 
 
+class _ParentGone(Exception):
+    """The pipe to the parent broke while sending: nobody is left to report to."""
+
+
 def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Connection,
          own_process: bool = False, launched_at: float | None = None,
          courier: Courier | None = None) -> None:
@@ -187,7 +191,10 @@ def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Co
     parent's time.time() when it started this process (reported as start-up time); courier:
     the in-process thread's, which its parent shares."""
     def send(message: Message) -> None:
-        conn.send(courier.wrap(message) if courier else message)
+        try:
+            conn.send(courier.wrap(message) if courier else message)
+        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+            raise _ParentGone from exc
 
     try:
         entered = time.time()
@@ -196,9 +203,9 @@ def work(factory: Callable[[torch.device], Task], device: torch.device, conn: Co
             freeze_heap()  # the loaded models: scanned once here instead of at every full collection
         send(Ready(task.info, _startup(entered, launched_at)))
         serve(task, lambda: receive(conn, courier), send, settle_heap=own_process)
-    except (BrokenPipeError, ConnectionResetError, EOFError):
+    except _ParentGone:
         return  # the parent stopped listening; nothing left to report to
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001 - a task's own EOFError etc. is reported too
         text = traceback.format_exc()
         try:
             conn.send(Failed(exc, text))

@@ -104,12 +104,15 @@ def check_fp8_device(device: torch.device) -> None:
 
 
 def _takes_any_row_count(device: torch.device) -> bool:
-    """Whether a row-scaled fp8 product of 37 rows runs on `device` (else rows are padded)."""
+    """Whether a row-scaled fp8 product of 37 rows, called as Fp8Linear calls it, runs on
+    `device` (else rows are padded)."""
     a = torch.ones(37, 64, device=device).to(FP8)
     b = torch.ones(48, 64, device=device).to(FP8)
     try:
         torch._scaled_mm(a, b.t(), scale_a=torch.ones(37, 1, device=device),
-                         scale_b=torch.ones(1, 48, device=device), out_dtype=torch.bfloat16)
+                         scale_b=torch.ones(1, 48, device=device),
+                         bias=torch.zeros(48, dtype=torch.bfloat16, device=device),
+                         out_dtype=torch.bfloat16, use_fast_accum=FAST_ACCUM)
         torch.cuda.synchronize(device)
         return True
     except RuntimeError:

@@ -50,9 +50,14 @@ class Precision:
     @property
     def name(self) -> str:
         """ESM-2's precision as logs and fingerprints spell it: 'bfloat16', 'float32', ...,
-        or 'fp8+bfloat16' (fp8 linear layers, the rest in bf16)."""
+        or 'fp8-fast-accum+bfloat16' (fp8 linear layers, the rest in bf16; the accumulation
+        mode is named because it moves last digits, and a resume must not mix the two)."""
+        from virnucpro.predict import fp8  # its FAST_ACCUM, as set when the name is asked
+
         dtype = str(self.esm_dtype).removeprefix("torch.")
-        return f"fp8+{dtype}" if self.fp8 else dtype
+        if not self.fp8:
+            return dtype
+        return f"fp8{'-fast-accum' if fp8.FAST_ACCUM else ''}+{dtype}"
 
 
 def check_one_device_kind(devices: list[torch.device], precision: str, reference: bool) -> None:
