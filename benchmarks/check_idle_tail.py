@@ -50,10 +50,10 @@ def tail_figures(samples: list[tuple[float, float]], interval: float) -> dict:
 
 
 def run(tree: Path, sample: Path, out: Path, env: dict[str, str], extra: list[str], interval: float,
-        bases: int) -> dict:
+        bases: int, gc_log: Path) -> dict:
     cmd = [sys.executable, "-m", "virnucpro", "predict", str(sample), "300", "-o", str(out), "--devices", "cuda:0",
            "--monitor-interval", str(interval), "-q", *extra]
-    gc_log = out.parent / f"{out.name}_gc.jsonl"  # kept beside the report by main()
+    gc_log.unlink(missing_ok=True)  # the logger appends: not to an earlier call's log
     path = os.pathsep.join([str(tree / "src"), str(HERE / "gc_log")])
     t0 = time.perf_counter()
     subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": path, "VIRNUCPRO_BENCH_GC_LOG": str(gc_log)},
@@ -62,14 +62,13 @@ def run(tree: Path, sample: Path, out: Path, env: dict[str, str], extra: list[st
     summary = json.loads((out / "run_summary.json").read_text())
     samples = timeline(out / "gpu_metrics.jsonl")
     device = summary["throughput_per_device"]["cuda:0"]
+    computing_s = summary["frames"] / device["frames_per_s"]  # the frames at the device's steady rate
     return {"tree": str(tree), "options": extra, "wall_s": round(wall, 1), "frames": summary["frames"],
             "frames_per_s_end_to_end": round(summary["frames"] / wall, 1),
             "frames_per_s_device": device["frames_per_s"],
             "busy_percent_first_to_last_shard": summary["gpu"]["cuda:0"]["mean_busy_percent_after_first_shard"],
-            # what the run pays besides computing: wall minus frames at the device's steady rate
-            "fixed_cost_s": round(wall - summary["frames"] / device["frames_per_s"], 1),
-            # input bases over the device's computing time, as a user sizes a job
-            "gbp_per_gpu_hour": round(bases / (summary["frames"] / device["frames_per_s"]) * 3600 / 1e9, 3),
+            "fixed_cost_s": round(wall - computing_s, 1),  # what the run pays besides computing
+            "gbp_per_gpu_hour": round(bases / computing_s * 3600 / 1e9, 3),  # as a user sizes a job
             "startup_s": summary.get("startup_seconds_per_device", {}).get("cuda:0"),
             **tail_figures(samples, interval), "full_collections": full_collections(gc_log),
             "timeline_elapsed_util": samples}
@@ -105,11 +104,10 @@ def main() -> None:
             modes = {"plain": [], "embeddings": ["--save-embeddings"]}
             for extra in [modes[args.only]] if args.only else modes.values():
                 out = work / f"out_{len(report['runs'])}"
-                report["runs"].append(run(tree.resolve(), sample, out, env, extra, args.interval, report["input_bases_written"]))
+                report["runs"].append(run(tree.resolve(), sample, out, env, extra, args.interval,
+                                          report["input_bases_written"], args.out / f"{out.name}_gc.jsonl"))
                 brief = {k: v for k, v in report["runs"][-1].items() if k != "timeline_elapsed_util"}
                 print(json.dumps(brief), flush=True)
-                if (work / f"{out.name}_gc.jsonl").is_file():
-                    (args.out / f"{out.name}_gc.jsonl").write_bytes((work / f"{out.name}_gc.jsonl").read_bytes())
                 (args.out / "idle_tail.json").write_text(json.dumps(report, indent=1) + "\n")
 
 

@@ -89,10 +89,16 @@ def fp8_linears(esm: nn.Module, keep: tuple[str, ...] = ()) -> list[tuple[str, n
     return swapped
 
 
-def check_fp8_device(device: torch.device) -> None:
-    """An InputError unless `device` has fp8 tensor cores."""
+def require_gpu(device: torch.device) -> None:
+    """An InputError unless `device` is a GPU (asks nothing of the GPU: the parent process,
+    which never touches one, resolves the precision with this)."""
     if device.type != "cuda":
         raise InputError(f"--precision fp8 needs a GPU with fp8 support; {device} is not a GPU")
+
+
+def check_fp8_device(device: torch.device) -> None:
+    """An InputError unless `device` has fp8 tensor cores."""
+    require_gpu(device)
     capability = torch.cuda.get_device_capability(device)
     if capability < MIN_CAPABILITY:
         raise InputError(

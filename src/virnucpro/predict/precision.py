@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from virnucpro.errors import InputError
+from virnucpro.predict import fp8
 
 _BY_NAME = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -30,8 +31,7 @@ class Precision:
     def resolve(cls, name: str, device: torch.device, reference: bool = False) -> "Precision":
         """fp32 for the reference path and on CPUs by default; bf16 on GPUs by default."""
         if name == "fp8" and not reference:
-            if device.type != "cuda":
-                raise InputError(f"--precision fp8 needs a GPU with fp8 support; {device} is not a GPU")
+            fp8.require_gpu(device)
             return cls(torch.bfloat16, dnabert_autocast=True, packed=True, reference=False, fp8=True)
         if reference:
             dtype = torch.float32
@@ -52,12 +52,10 @@ class Precision:
         """ESM-2's precision as logs and fingerprints spell it: 'bfloat16', 'float32', ...,
         or 'fp8-fast-accum+bfloat16' (fp8 linear layers, the rest in bf16; the accumulation
         mode is named because it moves last digits, and a resume must not mix the two)."""
-        from virnucpro.predict import fp8  # its FAST_ACCUM, as set when the name is asked
-
         dtype = str(self.esm_dtype).removeprefix("torch.")
         if not self.fp8:
             return dtype
-        return f"fp8{'-fast-accum' if fp8.FAST_ACCUM else ''}+{dtype}"
+        return f"fp8{'-fast-accum' if fp8.FAST_ACCUM else ''}+{dtype}"  # as set when asked
 
 
 def check_one_device_kind(devices: list[torch.device], precision: str, reference: bool) -> None:
