@@ -4,6 +4,8 @@ with and without --save-embeddings, from one or more source trees, on the same i
 
     python benchmarks/check_idle_tail.py --bases 5000000 --out idle_tail
     python benchmarks/check_idle_tail.py --bases 5000000 --out idle_tail --tree ../before .
+    python benchmarks/check_idle_tail.py --bases 5000000 --out a --tree ../before . ../before . --only plain \
+        --models /tmp/models     # each tree twice: the second run of each on a warm compile cache
 
 For each run it records, from the run's own gpu_metrics.jsonl (NVML every second) and
 run_summary.json: wall time, frames/s end to end and per device, GPU busy % from the
@@ -89,6 +91,8 @@ def main() -> None:
     ap.add_argument("--tree", type=Path, nargs="+", default=[HERE.parent], help="source trees to run")
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--only", choices=("plain", "embeddings"), help="only the plain or the --save-embeddings runs")
+    ap.add_argument("--models", type=Path, help="keep the full-size model files here, for a later call (default: "
+                    "written to a temporary folder each time)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("check_idle_tail needs a CUDA GPU")
@@ -97,7 +101,7 @@ def main() -> None:
                     "gpu": torch.cuda.get_device_name(0), "input_bases": args.bases, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        env = cached_models(work / "cache")
+        env = cached_models(args.models or work / "cache")
         sample = work / "reads.fa"
         report["input_bases_written"] = bench_stages.write_workload(sample, "reads150", args.bases)
         for tree in args.tree:

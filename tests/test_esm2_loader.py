@@ -14,7 +14,7 @@ from malicious_pickles import CreatesFile
 
 from virnucpro.errors import ModelError
 from virnucpro.models import demo
-from virnucpro.models.esm2_loader import ESM2_3B_NAME, default_esm2_path, load_esm2
+from virnucpro.models.esm2_loader import ESM2_3B_NAME, default_esm2_path, load_esm2, open_esm2
 from virnucpro.models.formats import save_fair_esm_checkpoint
 from virnucpro.models.protein_alphabet import encode_proteins
 
@@ -101,6 +101,19 @@ def test_architecture_and_dtype(checkpoint, fair_model):
     half = load_esm2(checkpoint, dtype=torch.bfloat16)
     assert half.layers[0].self_attn.qkv_proj.weight.dtype == torch.bfloat16
     assert torch.equal(half.rotary.inv_freq, fair_model.layers[1].self_attn.rot_emb.inv_freq)
+
+
+def test_opening_gives_the_architecture_before_converting_any_weight(checkpoint, monkeypatch):
+    """What a worker starts compiling from while the weights are still being converted."""
+    from virnucpro.models import esm2_loader
+
+    converted = []
+    plain = esm2_loader._module_state
+    monkeypatch.setattr(esm2_loader, "_module_state", lambda *a: converted.append(1) or plain(*a))
+    opened = open_esm2(checkpoint)
+    assert not converted
+    assert opened.module().architecture == dict(opened.architecture)
+    assert converted
 
 
 def test_stored_dtype_keeps_the_files_values_exactly(checkpoint):
@@ -278,6 +291,14 @@ def test_missing_tensor(tmp_path, checkpoint):
     path = _save_model_dict(tmp_path / "missing.pt", state)
     with pytest.raises(ModelError, match=r"missing tensor.*layers\.1\.fc2\.bias"):
         load_esm2(path)
+
+
+def test_a_missing_tensor_is_refused_when_the_file_is_opened(tmp_path, checkpoint):
+    """Before a worker starts compiling from the file's architecture."""
+    state = _fair_esm_state(checkpoint)
+    del state["encoder.sentence_encoder.layers.0.fc1.weight"]
+    with pytest.raises(ModelError, match=r"missing tensor.*layers\.0\.fc1\.weight"):
+        open_esm2(_save_model_dict(tmp_path / "missing.pt", state))
 
 
 def test_missing_inv_freq(tmp_path, checkpoint):

@@ -1,12 +1,15 @@
-"""ESM-2 put on its compute device tensor by tensor, with compilation beside the copy."""
+"""ESM-2 put on its compute device tensor by tensor, with compilation beside reading and copying."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
 
 from virnucpro.models import demo
-from virnucpro.predict.placement import esm_on_device
+from virnucpro.models.esm2 import standard_inv_freq
+from virnucpro.predict.placement import EsmOnDevice, esm_on_device
 
 CPU = torch.device("cpu")
 
@@ -29,16 +32,36 @@ def test_placed_weights_equal_a_plain_cast(stored_fp16, dtype):
     assert placed is not stored_fp16
 
 
-def test_while_copying_gets_the_device_module_with_its_rotary_tables_in_place(stored_fp16):
+def test_while_copying_starts_before_the_weights_with_the_standard_rotary_tables(stored_fp16):
+    """The thread beside gets the device module at once, before `fill` has any weights to
+    copy (compiling starts while the checkpoint is still being read), with the standard
+    rotary frequencies in place so a warm-up forward pass is well defined."""
     seen = {}
+    started = threading.Event()
+    release = threading.Event()
 
     def look(target):
         seen["module"] = target
         seen["bits"] = target.rotary.inv_freq_bits.clone()
+        started.set()
+        release.wait(10)
 
-    placed, _ = esm_on_device(stored_fp16, CPU, torch.float32, while_copying=look)
-    assert seen["module"] is placed
-    assert torch.equal(seen["bits"], stored_fp16.rotary.inv_freq_bits)  # before any forward pass
+    placed = EsmOnDevice(stored_fp16.architecture, CPU, torch.float32, beside=look)
+    assert started.wait(10), "the thread beside did not start before the weights were given"
+    release.set()
+    seconds = placed.fill(stored_fp16)
+    assert seen["module"] is placed.module and seconds >= 0
+    head_dim = stored_fp16.embed_dim // stored_fp16.attention_heads
+    assert torch.equal(seen["bits"], standard_inv_freq(head_dim).view(torch.int32))
+    for name, tensor in stored_fp16.float().state_dict().items():
+        assert torch.equal(placed.module.state_dict()[name], tensor), name
+
+
+def test_weights_of_another_shape_are_refused(stored_fp16):
+    other = demo.demo_esm()
+    placed = EsmOnDevice({**other.architecture, "num_layers": other.num_layers + 1}, CPU, torch.float32)
+    with pytest.raises(ValueError, match="ESM-2 weights of"):
+        placed.fill(stored_fp16)
 
 
 def test_an_error_while_copying_reaches_the_caller(stored_fp16):
@@ -63,3 +86,23 @@ def test_a_failed_copy_is_reported_not_the_threads_error(stored_fp16, monkeypatc
     monkeypatch.setattr(placement, "_copy_parameters", failing_copy)
     with pytest.raises(torch.OutOfMemoryError, match="simulated"):
         esm_on_device(stored_fp16, CPU, torch.float32, while_copying=broken)
+
+
+def test_the_worker_starts_esm2_before_it_reads_the_other_models(tmp_path, monkeypatch):
+    """Compiling ESM-2 (seconds) overlaps reading the models: make_frame_task starts the
+    device module from the checkpoint's architecture before DNABERT-S is read, and the
+    predictor it ends with computes with the loaded weights."""
+    from virnucpro.config import RunConfig
+    from virnucpro.models import bundle as bundle_module
+    from virnucpro.predict import task
+
+    order = []
+    plain_start, plain_dnabert = task.start_esm, bundle_module.demo.demo_dnabert
+    monkeypatch.setattr(task, "start_esm", lambda *a, **k: order.append("ESM-2 started") or plain_start(*a, **k))
+    monkeypatch.setattr(bundle_module.demo, "demo_dnabert",
+                        lambda *a: order.append("DNABERT-S read") or plain_dnabert(*a))
+    made = task.make_frame_task(RunConfig(input=tmp_path / "unused.fa", demo=True), CPU)
+    assert order == ["ESM-2 started", "DNABERT-S read"]
+    loaded = demo.demo_esm().float().state_dict()
+    for name, tensor in made.predictor.esm.state_dict().items():
+        assert torch.equal(tensor, loaded[name]), name

@@ -4,6 +4,7 @@ reported together, in one message that says where virnucpro looked and how to ge
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from virnucpro.models.dna_tokenizer import DnaTokenizer
 from virnucpro.models.dnabert_s import DNABertS
 from virnucpro.models.dnabert_s_loader import DNABERT_S_REPO, find_dnabert_s_folder, load_dnabert_s
 from virnucpro.models.esm2 import ESM2
-from virnucpro.models.esm2_loader import default_esm2_path, load_esm2
+from virnucpro.models.esm2_loader import default_esm2_path, open_esm2
 
 
 @dataclass
@@ -120,14 +121,27 @@ def locate_models(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelSou
     )
 
 
-def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool) -> ModelBundle:
+def load_bundle(paths: ModelPaths, chunk_len: int, use_demo: bool, *,
+                on_esm_architecture: Callable[[dict], None] | None = None) -> ModelBundle:
     """Load every model on the CPU (ESM-2 in its stored dtype, the others in fp32); raise one
-    ModelError listing all that are missing."""
+    ModelError listing all that are missing.
+
+    on_esm_architecture(arch): called with ESM-2's constructor arguments as soon as its file
+    is opened and checked, before any weight is converted or another model read, so that a
+    worker can start compiling ESM-2 meanwhile."""
     sources = locate_models(paths, chunk_len, use_demo)
     # ESM-2 in the file's own dtype (fp16 for the released 3B): memory-mapped, mostly uncopied,
     # and (for fp16) half the bytes of fp32 to move to the device, where the worker casts it
     # to the compute dtype. Widening is exact, so every precision sees the same values.
-    esm = demo.demo_esm() if sources.esm is None else load_esm2(sources.esm, dtype=None)
+    if sources.esm is None:
+        esm = demo.demo_esm()
+        if on_esm_architecture:
+            on_esm_architecture(esm.architecture)
+    else:
+        opened = open_esm2(sources.esm)
+        if on_esm_architecture:
+            on_esm_architecture(dict(opened.architecture))
+        esm = opened.module(dtype=None)
     if sources.dnabert is None:
         tokenizer = demo.demo_tokenizer()
         dnabert = demo.demo_dnabert(tokenizer.vocab_size)

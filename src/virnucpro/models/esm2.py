@@ -4,8 +4,9 @@ A re-implementation of the numerics of fair-esm's `esm.model.esm2.ESM2` without 
 contact heads: pre-LayerNorm transformer layers with rotary self-attention, then
 `emb_layer_norm_after`. Differences in form, not in result:
   - q, k and v come from one fused Linear (3*D outputs): one GEMM instead of three.
-  - Attention runs through `F.scaled_dot_product_attention` (flash / memory-efficient kernels
-    on GPU; softmax accumulates in fp32 there and in the fp32 math path on CPU).
+  - Attention runs through PyTorch's fused kernels (on GPU the varlen memory-efficient or flash
+    kernel, packed_attention.py; softmax accumulates in fp32 there and in the fp32 math path on
+    CPU).
   - Rotary angles are always computed and applied in fp32 from the checkpoint's own inv_freq,
     which is stored as int32 bits so that casting the module to bf16/fp16 cannot round it.
   - One inv_freq for the whole model, not one per layer: every released checkpoint stores the
@@ -122,15 +123,14 @@ class PackedBatch:
 def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """Attention within each packed protein; q, k, v [N, H, hd], q already scaled.
 
-    On CUDA in bf16/fp16 this is PyTorch's flash varlen kernel (no padding, no mask). Elsewhere
-    (CPU, fp32) each protein goes through SDPA on its own: the same function, for tests and
-    small runs.
+    On CUDA in bf16/fp16 this is one of PyTorch's varlen kernels (no padding, no mask), chosen
+    by the proteins' length (packed_attention.py). Elsewhere (CPU, fp32) each protein goes
+    through SDPA on its own: the same function, for tests and small runs.
     """
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        from torch.nn.attention.varlen import varlen_attn
+        from virnucpro.models.packed_attention import packed_attention
 
-        return varlen_attn(q, k, v, batch.cu_seqlens, batch.cu_seqlens, batch.max_len,
-                           batch.max_len, scale=1.0)
+        return packed_attention(q, k, v, batch.cu_seqlens, batch.max_len)
     out = torch.empty_like(q)
     bounds = batch.cu_seqlens_host
     for start, end in zip(bounds[:-1], bounds[1:]):
@@ -229,6 +229,13 @@ class ESM2(nn.Module):
         # Built from scratch (random-weight benchmarks, demo models) it holds the standard
         # values; the loader replaces them with the checkpoint's.
         self.rotary = RotaryEmbedding(embed_dim // attention_heads)
+
+    @property
+    def architecture(self) -> dict:
+        """The constructor's arguments: what an empty copy of this model is built from."""
+        return {"num_layers": self.num_layers, "embed_dim": self.embed_dim,
+                "attention_heads": self.attention_heads, "alphabet_size": self.embed_tokens.num_embeddings,
+                "token_dropout": self.token_dropout}
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Last-layer representation after emb_layer_norm_after, [B, T, D].

@@ -13,6 +13,7 @@ Every problem is a ModelError naming the file and what is wrong with it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -58,6 +59,26 @@ def load_esm2(path: Path | str | None = None, *, dtype: torch.dtype | None = tor
     the converted tensors, so host memory peaks near one copy of the weights instead of a
     random init plus a copy; with dtype=None most tensors are not even copied.
     """
+    return open_esm2(path).module(dtype)
+
+
+@dataclass(frozen=True)
+class Esm2File:
+    """An opened, checked ESM-2 checkpoint whose architecture is known but whose weights are
+    not yet converted (a .pt stays memory-mapped): what a worker needs to start compiling
+    ESM-2 while the weights are still being read."""
+
+    path: Path
+    named: Mapping[str, torch.Tensor]  # fair-esm names, unused heads dropped
+    architecture: Mapping[str, Any]  # ESM2 constructor arguments
+
+    def module(self, dtype: torch.dtype | None = torch.float32) -> ESM2:
+        """The eval-mode module on the CPU, parameters in `dtype` (None: the stored dtype)."""
+        return _build(self.named, self.architecture, dtype or _stored_dtype(self.named), self.path)
+
+
+def open_esm2(path: Path | str | None = None) -> Esm2File:
+    """Open and check an ESM-2 checkpoint (see load_esm2) without converting its weights."""
     path = _weights_file(default_esm2_path() if path is None else Path(path))
     state, cfg = _read_checkpoint(path)
     _check_all_tensors(state, path)
@@ -67,7 +88,15 @@ def load_esm2(path: Path | str | None = None, *, dtype: torch.dtype | None = tor
     if from_hf:
         head_dim = arch["embed_dim"] // arch["attention_heads"]
         named = with_original_rotary(named, arch["num_layers"], head_dim)
-    return _build(named, arch, dtype or _stored_dtype(named), path)
+    _check_names_and_shapes(named, arch, path)
+    return Esm2File(path, named, arch)
+
+
+def _check_names_and_shapes(named: Mapping[str, torch.Tensor], arch: Mapping[str, Any], path: Path) -> None:
+    """The file's tensors against the module's own state dict (seen under fair-esm's names)."""
+    with torch.device("meta"):
+        expected = fair_esm_names(ESM2(**arch).state_dict(), arch["num_layers"])
+    check_state(expected, named, path, _WHAT, f"ESM-2 ({arch['num_layers']} layers, dim {arch['embed_dim']})")
 
 
 def _stored_dtype(named: Mapping[str, torch.Tensor]) -> torch.dtype:
@@ -219,6 +248,7 @@ def _architecture(named: Mapping[str, torch.Tensor], cfg: Any, path: Path) -> di
         "num_layers": num_layers,
         "embed_dim": int(dim),
         "attention_heads": int(heads),
+        "alphabet_size": int(vocab),
         "token_dropout": True if token_dropout is None else bool(token_dropout),
     }
 
@@ -239,13 +269,9 @@ def _check_config_agrees(cfg: Any, num_layers: int, dim: int, path: Path) -> Non
 def _build(
     named: Mapping[str, torch.Tensor], arch: Mapping[str, Any], dtype: torch.dtype, path: Path
 ) -> ESM2:
-    """The module, built on the meta device and handed the file's tensors once they are
-    checked against its own state dict (seen under fair-esm's names)."""
+    """The module, built on the meta device and handed the file's (checked) tensors."""
     with torch.device("meta"):
         model = ESM2(**arch)
-    expected = fair_esm_names(model.state_dict(), arch["num_layers"])
-    against = f"ESM-2 ({arch['num_layers']} layers, dim {arch['embed_dim']})"
-    check_state(expected, named, path, _WHAT, against)
     model.load_state_dict(_module_state(named, arch["num_layers"], dtype, path), strict=True, assign=True)
     return model.eval().requires_grad_(False)
 

@@ -1,16 +1,17 @@
 """Put a run's models on their compute device: the predictor, ready, with ESM-2 compiled and
-warmed up beside the copy of its weights.
+warmed up while its weights were read and copied.
 
 The weights are copied tensor by tensor in their stored dtype (fp16 for the released 3B: half
 the bytes of fp32 over the bus) and cast on the device, not on the host's cores, which several
 workers share while they all start at once.
 
-`while_copying` exists for torch.compile: compiling ESM-2's layers (tracing, then loading the
-kernels from the on-disk cache) takes seconds of CPU time that need only the module's
-structure, shapes and dtypes, not its values. Run on an empty copy of the right shape while
-the weights stream in, it costs no extra start-up time. The compiled code reads the
-parameters as inputs (Inductor does not freeze them into constants unless asked), so the
-values copied in afterwards are the ones it computes with.
+Compiling ESM-2's layers (tracing, then loading the kernels from the on-disk cache) takes
+seconds of CPU time that need only the module's structure, shapes and dtypes, not its
+values. So `start_esm` builds an empty module of the right shape on the device as soon as the
+checkpoint's architecture is known and compiles it on a thread while the weights are read
+from disk and then copied in: start-up pays for the slower of the two instead of both. The
+compiled code reads the parameters as inputs (Inductor does not freeze them into constants
+unless asked), so the values copied in afterwards are the ones it computes with.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import torch
 
 from virnucpro.engine.background import in_background
 from virnucpro.models.bundle import ModelBundle
-from virnucpro.models.esm2 import ESM2
+from virnucpro.models.esm2 import ESM2, standard_inv_freq
+from virnucpro.models.protein_alphabet import encode_proteins
 from virnucpro.predict.budget import MIN_GPU_BATCH_TOKENS, batch_tokens_for
 from virnucpro.predict.compile import compile_packed_layers, warm_up_frames
 from virnucpro.predict.fp8 import check_fp8_device, fp8_linears
+from virnucpro.predict.packing import pack_proteins
 from virnucpro.predict.precision import Precision
 from virnucpro.predict.predictor import FramePredictor
 
@@ -38,85 +41,139 @@ log = logging.getLogger("virnucpro")
 class Placement:
     predictor: FramePredictor
     copy_seconds: float  # ESM-2's weights to the device
-    compile_seconds: float | None  # compiling and the warm-up shard, beside the copy; None: not compiled
+    compile_seconds: float | None  # compiling and warming up (beside reading and copying); None: not compiled
+
+
+def start_esm(architecture: dict, device: torch.device, precision: Precision, *, compile: bool = False,
+              fp8_keep: tuple[str, ...] = ()) -> "EsmOnDevice":
+    """ESM-2 built empty on `device` from its architecture alone, and (with `compile`, on the
+    packed path) compiled and warmed up on a background thread from now on: call this as soon
+    as the checkpoint's shape is known, then read the weights and hand them to place_predictor.
+    With fp8, the linear layers but those in `fp8_keep` are fp8 ones (predict/fp8.py)."""
+    if precision.fp8:
+        check_fp8_device(device)
+    beside = _compile_and_warm_up_esm if compile and precision.packed else None
+    return EsmOnDevice(architecture, device, precision.esm_dtype, beside=beside,
+                       fp8_keep=fp8_keep if precision.fp8 else None)
 
 
 def place_predictor(bundle: ModelBundle, device: torch.device, precision: Precision, *,
                     batch_tokens: int | None = None, compile: bool = False,
-                    fp8_keep: tuple[str, ...] = ()) -> Placement:
+                    fp8_keep: tuple[str, ...] = (), esm: "EsmOnDevice | None" = None) -> Placement:
     """The bundle's models on `device`, as a ready FramePredictor whose batch budget is sized
     from the memory left once they are resident (unless `batch_tokens` pins it).
 
-    With `compile` (on the packed path only), ESM-2's layers are compiled on the empty device
-    copy while its weights stream in, and a small warm-up shard runs through a predictor of
-    its own, so every kernel exists before the first real shard: start-up pays for the slower
-    of the two instead of both. With fp8, ESM-2's linear layers but those in `fp8_keep`
-    become fp8 as their weights arrive (predict/fp8.py)."""
-    if precision.fp8:
-        check_fp8_device(device)
+    esm: ESM-2's device module from start_esm, begun (and compiling) while the bundle was
+    read; when None it is started here, so compiling still overlaps the copy of the weights.
+    Once compiled, a small warm-up shard runs through the whole predictor, so every kernel
+    exists before the first real shard."""
+    if esm is None:
+        esm = start_esm(bundle.esm.architecture, device, precision, compile=compile, fp8_keep=fp8_keep)
     # DNABERT-S keeps fp32 weights under autocast; the classifier is tiny, and fp32 keeps its
     # scores comparable to the original's.
     dnabert = bundle.dnabert.to(device=device, dtype=precision.dnabert_dtype).eval()
     classifier = bundle.classifier.to(device=device, dtype=torch.float32).eval()
 
-    def ready(esm: ESM2, tokens: int) -> FramePredictor:
-        return FramePredictor(bundle.tokenizer, dnabert, esm, classifier, device, precision, tokens)
+    def ready(tokens: int) -> FramePredictor:
+        return FramePredictor(bundle.tokenizer, dnabert, esm.module, classifier, device, precision, tokens)
 
-    compile_seconds: list[float] = []
-
-    def compile_and_warm_up(esm: ESM2) -> None:
+    copy_seconds = esm.fill(bundle.esm)  # waits for the compile thread too
+    compile_seconds = esm.compile_seconds
+    if compile_seconds is not None:
         t0 = time.perf_counter()
-        compile_packed_layers(esm)
-        ready(esm, batch_tokens or MIN_GPU_BATCH_TOKENS).predict(warm_up_frames())
-        compile_seconds.append(time.perf_counter() - t0)
-
-    beside = compile_and_warm_up if compile and precision.packed else None
-    esm, copy_seconds = esm_on_device(bundle.esm, device, precision.esm_dtype, while_copying=beside,
-                                      fp8_keep=fp8_keep if precision.fp8 else None)
-    predictor = ready(esm, batch_tokens or batch_tokens_for(device, esm.embed_dim))
-    return Placement(predictor, copy_seconds, compile_seconds[0] if compile_seconds else None)
+        ready(batch_tokens or MIN_GPU_BATCH_TOKENS).predict(warm_up_frames())
+        compile_seconds += time.perf_counter() - t0
+    predictor = ready(batch_tokens or batch_tokens_for(device, esm.module.embed_dim))
+    return Placement(predictor, copy_seconds, compile_seconds)
 
 
 def esm_on_device(esm: ESM2, device: torch.device, dtype: torch.dtype, *,
                   while_copying: Callable[[ESM2], None] | None = None,
                   fp8_keep: tuple[str, ...] | None = None) -> tuple[ESM2, float]:
     """`esm` (any host dtype) as an eval-mode module on `device` in `dtype`, and the seconds
-    its weights took to copy. fp8_keep: when given, the linear layers (but those it names)
-    become fp8 ones, quantised as their weights arrive.
+    its weights took to copy (see EsmOnDevice)."""
+    placed = EsmOnDevice(esm.architecture, device, dtype, beside=while_copying, fp8_keep=fp8_keep)
+    seconds = placed.fill(esm)
+    return placed.module, seconds
 
-    while_copying(target): called on a background thread with the device module once its
-    buffers (the rotary tables) are in place but before its weights are; this returns when
-    both are done, re-raising anything it raised.
+
+class EsmOnDevice:
+    """ESM-2's module on `device` in `dtype`, built from its architecture before its weights
+    exist: `beside(module)` starts at once on a background thread (compiling needs the
+    structure, shapes and dtypes only), and `fill` later copies the weights in.
+
+    Until then the rotary buffer holds the standard frequencies and the weights are
+    uninitialised memory: a warm-up forward pass computes garbage, which is all compiling
+    needs. The copy and the warm-up's kernels queue on the same CUDA stream, so they run in
+    the order they were issued, and every forward pass after `fill` sees the real weights.
+    fp8_keep: when given, the linear layers (but those it names) become fp8 ones, quantised as
+    their weights arrive.
     """
-    target = _empty_copy(esm, device, dtype)
-    with torch.no_grad():
-        for dst, src in zip(target.buffers(), esm.buffers(), strict=True):
-            dst.copy_(src)  # small, and needed before any forward pass
-    quantised = {prefix: new for prefix, _, new in fp8_linears(target, fp8_keep)} if fp8_keep is not None else {}
-    done = (in_background(lambda: while_copying(target), "compile-while-loading")
-            if while_copying else lambda: None)
-    t0 = time.perf_counter()
-    try:
-        _copy_parameters(esm, target, device, quantised)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the casts are queued on the device
-    except BaseException:
+
+    def __init__(self, architecture: dict, device: torch.device, dtype: torch.dtype, *,
+                 beside: Callable[[ESM2], None] | None = None,
+                 fp8_keep: tuple[str, ...] | None = None) -> None:
+        self.module = _empty_module(architecture, device, dtype)
+        self.quantised = ({prefix: new for prefix, _, new in fp8_linears(self.module, fp8_keep)}
+                          if fp8_keep is not None else {})
+        self.compile_seconds: float | None = None
+        self._done = (in_background(lambda: _timed(beside, self.module), "compile-while-loading")
+                      if beside else None)
+
+    def fill(self, source: ESM2) -> float:
+        """Copy `source`'s buffers and weights in (each in its stored dtype, cast on the
+        device), wait for the thread beside, re-raising what it raised; the copy's seconds."""
+        if source.architecture != self.module.architecture:
+            raise ValueError(f"ESM-2 weights of {source.architecture} for a module of {self.module.architecture}")
+        t0 = time.perf_counter()
         try:
-            done()  # the thread uses the module: let it finish before the error unwinds
-        except BaseException as beside:  # noqa: BLE001 - likely a consequence; the copy's error is the news
-            log.debug("also failed beside the copy: %s: %s", type(beside).__name__, beside)
-        raise
-    copy_seconds = time.perf_counter() - t0
-    done()
-    return target, copy_seconds
+            targets = dict(self.module.named_buffers())  # fp8 layers add buffers of their own
+            with torch.no_grad():
+                for name, src in source.named_buffers():
+                    targets[name].copy_(src)
+            _copy_parameters(source, self.module, self.module.embed_tokens.weight.device, self.quantised)
+            if self.module.embed_tokens.weight.device.type == "cuda":
+                torch.cuda.synchronize(self.module.embed_tokens.weight.device)  # the casts are queued
+        except BaseException:
+            try:
+                self._wait()  # the thread uses the module: let it finish before the error unwinds
+            except BaseException as beside:  # noqa: BLE001 - likely a consequence; the copy's error is the news
+                log.debug("also failed beside the copy: %s: %s", type(beside).__name__, beside)
+            raise
+        copy_seconds = time.perf_counter() - t0
+        self._wait()
+        return copy_seconds
+
+    def _wait(self) -> None:
+        if self._done is not None:
+            self.compile_seconds = self._done()
 
 
-def _empty_copy(esm: ESM2, device: torch.device, dtype: torch.dtype) -> ESM2:
-    """The same architecture on `device`, parameters in `dtype`, values uninitialised."""
+def _timed(fn: Callable[[ESM2], None], module: ESM2) -> float:
+    t0 = time.perf_counter()
+    fn(module)
+    return time.perf_counter() - t0
+
+
+def _compile_and_warm_up_esm(esm: ESM2) -> None:
+    """Compile the packed layers and run them once on a few proteins of different lengths:
+    every kernel of the packed path then exists, for any batch size."""
+    compile_packed_layers(esm)
+    frames = warm_up_frames()
+    batch = pack_proteins(*encode_proteins([f.aa for f in frames]))
+    with torch.inference_mode():  # as FramePredictor.run calls it: the same compiled graph
+        esm.pooled_packed(batch.to(esm.embed_tokens.weight.device))
+
+
+def _empty_module(architecture: dict, device: torch.device, dtype: torch.dtype) -> ESM2:
+    """The architecture on `device`, parameters in `dtype`, values uninitialised but for the
+    rotary frequencies (the standard ones until the checkpoint's are copied in)."""
     with torch.device("meta"):
-        target = ESM2(esm.num_layers, esm.embed_dim, esm.attention_heads,
-                      alphabet_size=esm.embed_tokens.num_embeddings, token_dropout=esm.token_dropout)
+        target = ESM2(**architecture)
     target = target.to(dtype=dtype).to_empty(device=device)  # int32 rotary bits stay int32
+    with torch.no_grad():
+        head_dim = target.embed_dim // target.attention_heads
+        target.rotary.inv_freq_bits.copy_(standard_inv_freq(head_dim).view(torch.int32))
     return target.eval().requires_grad_(False)
 
 

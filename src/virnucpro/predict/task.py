@@ -16,7 +16,7 @@ import torch
 
 from virnucpro.config import RunConfig
 from virnucpro.models.bundle import load_bundle
-from virnucpro.predict.placement import place_predictor
+from virnucpro.predict.placement import EsmOnDevice, place_predictor, start_esm
 from virnucpro.predict.precision import Precision
 from virnucpro.predict.predictor import FramePredictor, PreparedShard
 from virnucpro.stages.types import Frame, KnownEmbeddings
@@ -102,16 +102,21 @@ class FrameTask:
 def make_frame_task(config: RunConfig, device: torch.device) -> FrameTask:
     """Load the models on `device` and wrap them as the engine's task (runs in the worker)."""
     t0 = time.perf_counter()
-    bundle = load_bundle(config.models, config.chunk_len, config.demo)
-    t1 = time.perf_counter()
     precision = Precision.resolve(config.precision, device, config.reference)
+    started: list[EsmOnDevice] = []
+
+    def start(architecture: dict) -> None:  # compiling starts while the weights are read
+        started.append(start_esm(architecture, device, precision, compile=config.compile))
+
+    bundle = load_bundle(config.models, config.chunk_len, config.demo, on_esm_architecture=start)
+    t1 = time.perf_counter()
     placed = place_predictor(bundle, device, precision, batch_tokens=config.batch_tokens,
-                             compile=config.compile)
+                             compile=config.compile, esm=started[0])
     startup = {"read models": round(t1 - t0, 2),
                "models to device": round(time.perf_counter() - t1, 2),
                "of which ESM-2 weights copied": round(placed.copy_seconds, 2)}
-    if placed.compile_seconds is not None:  # on a thread beside the copy
-        startup["of which compile and warm-up, beside the copy"] = round(placed.compile_seconds, 2)
+    if placed.compile_seconds is not None:  # on a thread beside reading and copying
+        startup["compile and warm-up, beside reading and copying"] = round(placed.compile_seconds, 2)
     info = DeviceInfo(dict(bundle.identity), tuple(bundle.demo_models), precision.name,
                       bundle.feature_dims(), placed.predictor.batch_tokens, startup)
     return FrameTask(placed.predictor, config.save_embeddings, info)

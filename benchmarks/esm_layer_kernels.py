@@ -1,0 +1,227 @@
+"""Where one ESM-2 3B layer spends its time besides the GEMMs, and what each candidate change
+buys: attention kernels on packed (varlen) proteins of real-read and real-contig lengths, and
+layer variants compiled as the pipeline compiles them, each timed and compared with the fp32
+layer on the same input.
+
+    python benchmarks/esm_layer_kernels.py --out esm_layer_kernels.json
+
+Attention (q, k, v [N, 40, 64] bf16, packed proteins, one row per kernel):
+  flash_varlen      torch.nn.attention.varlen.varlen_attn
+  efficient_varlen  the memory-efficient kernel's varlen entry (aten._efficient_attention_forward)
+  cudnn_ragged      cuDNN with ragged offsets (aten._cudnn_attention_forward)
+Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf16):
+  base              TransformerLayer.forward_packed as shipped (attention routed by length)
+  flash_attention   as before routing: flash varlen attention for every batch
+  residual_in_gemm  out_proj and fc2 add the residual in the GEMM (addmm, C = residual + bias)
+  tanh_gelu_epilogue fc1 through cuBLASLt's GELU epilogue (tanh approximation: not the
+                    model's erf GELU; measured to see what an epilogue is worth)
+  residual_in_gemm_tanh_gelu  both
+Each: ms per call (CUDA events, median of 20), the share of the bf16 matrix rate measured in
+the same run (GEMM + attention FLOPs), and the cosine / max relative error against the fp32
+eager layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_engine  # noqa: E402
+
+from virnucpro.models import esm2  # noqa: E402
+from virnucpro.models.esm2 import PackedBatch, TransformerLayer  # noqa: E402
+from virnucpro.predict.compile import compile_options  # noqa: E402
+
+D, H, HD = 2560, 40, 64
+
+
+def lengths_for(kind: str, budget: int, rng: np.random.Generator) -> list[int]:
+    """Protein token counts (<cls> + residues + <eos>) as real frames have them: 150 bp reads
+    give 48-51 residues; 500 bp contig chunks 166, with shorter tail chunks."""
+    out: list[int] = []
+    while sum(out) < budget:
+        if kind == "reads":
+            out.append(int(rng.integers(48, 52)) + 2)
+        else:
+            out.append(168 if rng.random() < 0.85 else int(rng.integers(20, 167)) + 2)
+    return out[:-1]
+
+
+def packed(lengths: list[int]) -> PackedBatch:
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    positions = np.concatenate([np.arange(n) for n in lengths])
+    seq_index = np.repeat(np.arange(len(lengths)), lengths)
+    n = int(cu[-1])
+    dev = "cuda"
+    return PackedBatch(torch.randint(4, 24, (n,), device=dev), torch.from_numpy(cu).to(dev),
+                       torch.from_numpy(positions).to(dev), torch.from_numpy(seq_index).to(dev),
+                       torch.zeros(1, 1, dtype=torch.long, device=dev), torch.ones(1, device=dev),
+                       int(max(lengths)), tuple(int(c) for c in cu))
+
+
+def time_ms(fn, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
+def attention_rows(batch: PackedBatch, lengths: list[int]) -> dict:
+    from torch.nn.attention.varlen import varlen_attn
+
+    n = batch.tokens.shape[0]
+    q, k, v = (torch.randn(n, H, HD, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    cu, t = batch.cu_seqlens, batch.max_len
+    flops = sum(4 * L * L * D for L in lengths)
+    kernels = {
+        "flash_varlen": lambda: varlen_attn(q, k, v, cu, cu, t, t, scale=1.0),
+        "efficient_varlen": lambda: torch.ops.aten._efficient_attention_forward(
+            q[None], k[None], v[None], None, cu, cu, t, t, 0.0, 0, False, scale=1.0)[0][0],
+        "cudnn_ragged": lambda: torch.ops.aten._cudnn_attention_forward(
+            q, k, v, None, cu, cu, t, t, False, scale=1.0)[0],
+    }
+    # fp32 reference, protein by protein
+    ref = torch.empty(n, H, HD, device="cuda", dtype=torch.float32)
+    for s, e in zip(batch.cu_seqlens_host[:-1], batch.cu_seqlens_host[1:]):
+        seg = [x[s:e].float().transpose(0, 1) for x in (q, k, v)]
+        ref[s:e] = F.scaled_dot_product_attention(*seg, scale=1.0).transpose(0, 1)
+    rows = {}
+    for name, fn in kernels.items():
+        try:
+            out = fn()
+            torch.cuda.synchronize()
+            err = float(((out.float() - ref).abs().max()))
+            ms = time_ms(fn)
+            rows[name] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1),
+                          "max_abs_err_vs_fp32": round(err, 5), "shape_ok": tuple(out.shape) == (n, H, HD)}
+        except Exception as exc:  # noqa: BLE001 - a kernel this build lacks is a result too
+            rows[name] = {"unavailable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+    return rows
+
+
+def layer_rows(batch: PackedBatch, rate: float, lengths: list[int]) -> dict:
+    torch.manual_seed(0)
+    ref_layer = bench_engine.randomise(TransformerLayer(D, H).cuda(), 3).eval()
+    with torch.no_grad():
+        for p in ref_layer.parameters():
+            p.copy_(p.half().float())
+    n = batch.tokens.shape[0]
+    x = torch.randn(n, D, device="cuda")
+    cos_sin = bench_engine_rotary(batch)
+    with torch.inference_mode():
+        ref = ref_layer.forward_packed(x, batch, cos_sin).double()
+    flops = n * 24 * D * D + sum(4 * L * L * D for L in lengths)
+    rows = {}
+    for name, variant in LAYER_VARIANTS.items():
+        layer = copy.deepcopy(ref_layer).to(torch.bfloat16)
+        t0 = time.perf_counter()
+        fn = torch.compile(variant(layer), dynamic=True, options=compile_options())
+        xb = x.to(torch.bfloat16)
+        with torch.inference_mode():
+            out = fn(xb, batch, cos_sin)
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t0
+            ms = time_ms(lambda: fn(xb, batch, cos_sin))
+        cos = F.cosine_similarity(out.double(), ref, dim=1)
+        rel = (out.double() - ref).norm(dim=1) / ref.norm(dim=1)
+        rows[name] = {"ms": round(ms, 3), "share_of_matrix_rate": round(flops / ms / 1e9 / rate, 3),
+                      "compile_s": round(compile_s, 1), "cosine_min": float(cos.min()),
+                      "cosine_median": float(cos.median()), "rel_err_max": float(rel.max())}
+        torch._dynamo.reset()
+    return rows
+
+
+def flash_attention(layer: TransformerLayer):
+    """The layer as it was before attention was routed: flash varlen for every batch."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    def attention(q, k, v, batch):
+        return varlen_attn(q, k, v, batch.cu_seqlens, batch.cu_seqlens, batch.max_len, batch.max_len, scale=1.0)
+    return packed_forward(layer, attention=attention)
+
+
+def packed_forward(layer: TransformerLayer, *, attention=None, residual_in_gemm: bool = False,
+                   tanh_gelu: bool = False):
+    """TransformerLayer.forward_packed written out, with the candidate changes as switches:
+    residual_in_gemm: out_proj and fc2 add the residual stream in the GEMM's epilogue
+    (addmm with C = residual + bias) instead of a separate add; tanh_gelu: fc1 and GELU as one
+    cuBLASLt call with the GELU epilogue (tanh approximation)."""
+    attn = layer.self_attn
+    attention = attention or esm2._varlen_attention
+
+    def linear_plus(residual, inputs, linear):
+        if residual_in_gemm:
+            return torch.addmm(residual + linear.bias, inputs, linear.weight.t())
+        return residual + linear(inputs)
+
+    def forward(x, batch, cos_sin):
+        h = layer.self_attn_layer_norm(x)
+        tokens, dim = h.shape
+        cos, sin = cos_sin
+        q, k, v = attn.qkv_proj(h).view(tokens, 3, attn.num_heads, attn.head_dim).unbind(1)
+        q = esm2._apply_rotary(q * attn.scaling, cos[:, None, :], sin[:, None, :])
+        k = esm2._apply_rotary(k, cos[:, None, :], sin[:, None, :])
+        x = linear_plus(x, attention(q, k, v, batch).reshape(tokens, dim), attn.out_proj)
+        h = layer.final_layer_norm(x)
+        if tanh_gelu:
+            g = torch._addmm_activation(layer.fc1.bias, h, layer.fc1.weight.t(), use_gelu=True)
+        else:
+            g = F.gelu(layer.fc1(h), approximate="none")
+        return linear_plus(x, g, layer.fc2)
+    return forward
+
+
+LAYER_VARIANTS = {
+    "base": lambda layer: layer.forward_packed,
+    "flash_attention": flash_attention,
+    "residual_in_gemm": lambda layer: packed_forward(layer, residual_in_gemm=True),
+    "tanh_gelu_epilogue": lambda layer: packed_forward(layer, tanh_gelu=True),
+    "residual_in_gemm_tanh_gelu": lambda layer: packed_forward(layer, residual_in_gemm=True, tanh_gelu=True),
+}
+
+
+def bench_engine_rotary(batch: PackedBatch):
+    from virnucpro.models.esm2 import RotaryEmbedding
+
+    return RotaryEmbedding(HD).cuda().packed_cos_sin(batch)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tokens", type=int, default=98_304, help="packed tokens per batch")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rate = bench_engine.matmul_rate()
+    result = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
+              "bf16_matrix_rate_tflops": round(rate, 1)}
+    rng = np.random.default_rng(0)
+    for kind in ("reads", "contigs"):
+        lengths = lengths_for(kind, args.tokens, rng)
+        batch = packed(lengths)
+        result[kind] = {"tokens": int(sum(lengths)), "proteins": len(lengths),
+                        "attention": attention_rows(batch, lengths),
+                        "layer": layer_rows(batch, rate, lengths)}
+        print(json.dumps(result[kind], indent=1), flush=True)
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
