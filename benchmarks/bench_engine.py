@@ -85,9 +85,12 @@ def full_size_bundle(tokenizer: DnaTokenizer, seed: int = 0) -> ModelBundle:
     return ModelBundle(esm.eval(), dnabert.eval(), tokenizer, clf.eval())
 
 
+BASES_WRITTEN: dict[str, int] = {}  # workload kind -> bases of its last written FASTA
+
+
 def frames_of(kind: str, bases: int, work: Path) -> list:
     path = work / f"{kind}.fa"
-    bench_stages.write_workload(path, "reads150" if kind == "reads" else "contigs", bases)
+    BASES_WRITTEN[kind] = bench_stages.write_workload(path, "reads150" if kind == "reads" else "contigs", bases)
     chunk_len = 300 if kind == "reads" else 500
     chunks = list(iter_chunks(read_records(path), chunk_len, on_empty=lambda _id: None))
     return select_frames(chunks)
@@ -190,8 +193,18 @@ def whole_predict(predictor: FramePredictor, frames: list, shard: int) -> float:
     return time.perf_counter() - t0
 
 
-def profile_one_batch(predictor: FramePredictor, frames: list) -> None:
-    """Top CUDA kernels of one full ESM-2 batch: where the time goes besides the GEMMs."""
+KERNEL_KINDS = (  # (kind, substrings of CUDA kernel names), first match wins
+    ("attention", ("fmha", "flash", "attention", "attn")),
+    ("gemm", ("nvjet", "gemm", "xmma", "cutlass", "sm90_", "cublas")),
+    ("layer_norm", ("layer_norm",)),
+    ("gelu", ("gelu",)),
+    ("rotary", ("cat_mul_neg", "rotary")),
+)
+
+
+def profile_one_batch(predictor: FramePredictor, frames: list) -> dict:
+    """CUDA kernels of one full ESM-2 batch, by kind (GEMM, attention, LayerNorm, GELU, rotary,
+    other) and the top ones by name: where the time goes besides the GEMMs."""
     from torch.profiler import ProfilerActivity, profile
 
     prepared = predictor.prepare(frames)
@@ -203,6 +216,19 @@ def profile_one_batch(predictor: FramePredictor, frames: list) -> None:
             predictor._pool_protein(batch)
             torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70), flush=True)
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time_total / 1e3  # ms
+    total = sum(kernels.values())
+    kinds: dict[str, float] = {}
+    for name, ms in kernels.items():
+        kind = next((k for k, keys in KERNEL_KINDS if any(key in name.lower() for key in keys)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    return {"batch_tokens": int(batch.tokens.shape[0]), "cuda_ms": round(total, 2),
+            "share_by_kind": {k: round(v / total, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_kernels_ms": {name[:90]: round(ms, 3) for name, ms in top}}
 
 
 def fidelity(fast: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -255,7 +281,7 @@ def bench_workload(kind: str, frames: list, bundle: ModelBundle, args, rate: flo
     best_name = max((n for n in variants), key=lambda n: variants[n]["esm_tokens_per_s"])
     best = variants[best_name]["_predictor"]
     if args.profile:
-        profile_one_batch(best, frames)
+        out["kernel_profile"] = profile_one_batch(best, frames)
     dna_seconds, dna_emb = dna_stage(best, frames)
     out["dnabert_bf16_frames_per_s"] = round(len(frames) / dna_seconds, 1)
     with BusySampler() as busy:
@@ -331,6 +357,9 @@ def main() -> None:
                 continue
             frames = frames_of(kind, bases, Path(tmp))
             result[kind] = bench_workload(kind, frames, bundle, args, rate)
+            whole = result[kind]["whole_predict"]
+            whole["bases"] = BASES_WRITTEN[kind]  # Gbp of input per GPU-hour, as a user sizes a job
+            whole["gbp_per_gpu_hour"] = round(whole["bases"] / (len(frames) / whole["frames_per_s"]) * 3600 / 1e9, 3)
             args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

@@ -9,7 +9,7 @@ outlier activation channels (as trained protein language models have).
 Reports, in one process:
   - the matrix-rate probes: dense bf16 and row-scaled fp8 products of 8192^3 (TFLOP/s);
   - per workload (reads: 150 bp reads at -m 300; contigs at -m 500) the ESM-2 tokens/s of the
-    compiled packed path in bf16 and in fp8 (and fp8 variants: fast accumulation, some layers kept in bf16), and
+    compiled packed path in bf16, fp16 and fp8 (and fp8 variants: fast accumulation, some layers kept in bf16), and
     their ratio; the whole predictor's frames/s in each;
   - fidelity against the fp32 path (and against bf16): per-frame cosine of the ESM-2
     embedding (median, min) and |score difference| (p99, max), with the issue's gates
@@ -118,7 +118,7 @@ def predictor(bundle, name: str, variant=((), False)):
     if name == "fp32":
         precision = Precision.resolve("fp32", device)
         return place_predictor(bundle, device, precision).predictor
-    precision = Precision.resolve("fp8" if name.startswith("fp8") else "bf16", device)
+    precision = Precision.resolve("fp8" if name.startswith("fp8") else name, device)
     return place_predictor(bundle, device, precision, compile=True, fp8_keep=keep).predictor
 
 
@@ -151,7 +151,7 @@ def workload(bundle, frames, reference_frames: int, label: str) -> dict:
     _, ref_emb, ref_scores = embed(predictor(bundle, "fp32"), subset, timing=False)
     torch.cuda.empty_cache()
     runs = {}
-    for name, variant in [("bf16", ((), False)), *FP8_VARIANTS.items()]:
+    for name, variant in [("bf16", ((), False)), ("fp16", ((), False)), *FP8_VARIANTS.items()]:
         pred = predictor(bundle, name, variant)
         seconds, emb, scores = embed(pred, frames)
         whole = bench_engine.whole_predict(pred, frames, 4000)
@@ -163,7 +163,7 @@ def workload(bundle, frames, reference_frames: int, label: str) -> dict:
         del pred
         torch.cuda.empty_cache()
         print(label, name, {k: v for k, v in runs[name].items() if not k.startswith("_")}, flush=True)
-    for name in FP8_VARIANTS:
+    for name in ["fp16", *FP8_VARIANTS]:
         runs[name]["speedup_esm_vs_bf16"] = round(runs[name]["esm_tokens_per_s"] / runs["bf16"]["esm_tokens_per_s"], 3)
         runs[name]["speedup_whole_vs_bf16"] = round(runs[name]["whole_frames_per_s"] / runs["bf16"]["whole_frames_per_s"], 3)
         runs[name]["vs_bf16"] = gates(runs[name]["_emb"], runs["bf16"]["_emb"], runs[name]["_scores"], runs["bf16"]["_scores"])
@@ -213,7 +213,8 @@ def main() -> None:
         report[label] = workload(bundle, frames, len(frames), label)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     mixed = reads[: args.stress_frames // 2] + contigs[: args.stress_frames - args.stress_frames // 2]
-    report["stress_outlier_channels"] = stress(bundle, mixed)
+    if mixed:
+        report["stress_outlier_channels"] = stress(bundle, mixed)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 
