@@ -1,7 +1,7 @@
 """The fast path's building blocks against the plain one, in fp32 on the CPU:
 packing (padding-free batches) and out-of-memory splitting must not change any number
-beyond fp32 rounding. GPU kernels (flash varlen in bf16/fp16) are checked by the gpu-marked
-tests at the end, run on the device."""
+beyond fp32 rounding. GPU kernels are checked by the gpu-marked
+tests at the end, run on the device (flash and memory-efficient varlen in bf16/fp16)."""
 
 from __future__ import annotations
 
@@ -143,6 +143,31 @@ def test_gpu_packed_varlen_matches_padded(esm, dtype):
     cos = torch.nn.functional.cosine_similarity(packed, padded, dim=1)
     assert cos.min() > 0.999
     model.to("cpu", torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["memory-efficient", "flash"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_packed_attention_each_kernel_matches_fp32(monkeypatch, kernel, dtype):
+    """Both kernels the packed attention op routes to compute each protein's own attention:
+    against fp32 SDPA protein by protein, within the half precision's rounding."""
+    from virnucpro.models import packed_attention as pa
+
+    monkeypatch.setattr(pa, "EFFICIENT_UP_TO_TOKENS", 10_000 if kernel == "memory-efficient" else 0)
+    gen = torch.Generator().manual_seed(8)
+    lengths = [52, 3, 168, 17, 130, 52]
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+    # q already scaled by head_dim ** -0.5, as the model hands it over; inputs rounded to the
+    # half format first, so the reference sees the same numbers and only the kernel differs.
+    q, k, v = (torch.randn(int(cu[-1]), 40, 64, generator=gen).to(dtype).float() for _ in range(3))
+    q = (q * 0.125).to(dtype).float()
+    got = pa.packed_attention(*(t.to("cuda", dtype) for t in (q, k, v)), cu.cuda(), max(lengths)).float().cpu()
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            *(t[start:end].transpose(0, 1) for t in (q, k, v)), scale=1.0).transpose(0, 1)
+        # softmax weights and the output are rounded to the half format: a few of its ulps at |x| ~ 4
+        tol = 3e-2 if dtype == torch.bfloat16 else 4e-3
+        assert (got[start:end] - ref).abs().max() < tol, (start, end)
 
 
 @pytest.mark.gpu

@@ -1,12 +1,12 @@
 """Attention over packed proteins on the GPU, with the kernel chosen per batch.
 
 PyTorch ships two varlen attention kernels for half precision: flash (torch.nn.attention.varlen)
-and the memory-efficient one. On an H200 (benchmarks/esm_layer_kernels.py, ~98k packed tokens,
-40 heads of 64) the memory-efficient kernel took half flash's time on 150 bp reads' proteins
-(~52 tokens: 0.97 against 1.94 ms; flash works in tiles of 128 queries, which short proteins
-leave mostly empty) and was no slower on 500 bp contig chunks (168 tokens: 1.97 against 2.04
-ms), the longest a frame can be. Longer proteins (not made by virnucpro's chunking, but the
-module takes them) go to flash, as all proteins did before: unmeasured ground.
+and the memory-efficient one. Which is faster depends on the proteins' length. Measured on an
+H200 in whole ESM-2 batches of 65,520 packed tokens (benchmarks/bench_engine.py --profile, 36
+layers): on 150 bp reads' proteins (~52 tokens) the memory-efficient kernel took 26 ms against
+flash's 52 (flash works in tiles of 128 queries, which short proteins leave mostly empty); on
+500 bp contig chunks (168 tokens) flash was the faster, 51 ms against 57. The crossover
+between the two was not measured: 128 tokens splits them.
 
 The choice depends on the batch's longest protein, a host-side int. Branching on it inside
 torch.compile's graph would make Dynamo guard on it and recompile for every new length, so the
@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 
 # Longest protein (tokens) for which the memory-efficient kernel is used; above it, flash.
-# 168 (a 500 bp chunk's 166 residues, <cls> and <eos>) is the longest measured.
-EFFICIENT_UP_TO_TOKENS = 168
+EFFICIENT_UP_TO_TOKENS = 128
 
 
 @torch.library.custom_op("virnucpro::packed_attention", mutates_args=())
