@@ -1,5 +1,6 @@
 """Where a GPU worker's start-up goes: imports, reading the models, the copy to the device,
-compilation. N processes start at once, one per GPU, as `virnucpro predict` starts its
+compilation (begun, as make_frame_task begins it, once ESM-2's architecture is known). N
+processes start at once, one per GPU, as `virnucpro predict` starts its
 workers; each profiles its phases with cProfile (the compile thread with a profiler of its
 own) and writes the top functions to DIR/profile_N<n>_<i>.txt.
 
@@ -39,21 +40,31 @@ def child(index: int, processes: int, out: Path, launched: float, threads: int) 
         torch.set_num_threads(threads)
     device = torch.device("cuda", index)
     torch.cuda.set_device(device)
+    precision = Precision.resolve("bf16", device)
     reading = cProfile.Profile()
-    t0 = time.time()
-    bundle = reading.runcall(load_bundle, ModelPaths(), 300, False)
-    t1 = time.time()
     compiling = cProfile.Profile()
-    plain = placement.compile_packed_layers
-    placement.compile_packed_layers = lambda esm: compiling.runcall(plain, esm)
-    placed = placement.place_predictor(bundle, device, Precision.resolve("bf16", device), compile=True)
+    plain = placement._compile_and_warm_up_esm  # compiling happens at the warm-up's first call
+    placement._compile_and_warm_up_esm = lambda esm: compiling.runcall(plain, esm)
+    started = []  # as make_frame_task: ESM-2 compiles from the moment its architecture is known
+
+    def start(architecture):
+        started.append(placement.start_esm(architecture, device, precision, compile=True))
+
+    t0 = time.time()
+    bundle = reading.runcall(load_bundle, ModelPaths(), 300, False, on_esm_architecture=start)
+    t1 = time.time()
+    placed = placement.place_predictor(bundle, device, precision, compile=True, esm=started[0])
     t2 = time.time()
     phases = {"start process": entered - launched, "import torch": imported_torch - entered,
               "import virnucpro": imported - imported_torch, "read models": t1 - t0,
-              "to device (copy and compile)": t2 - t1, "copy": placed.copy_seconds,
-              "compile and warm-up": placed.compile_seconds, "threads": torch.get_num_threads()}
+              "to device (copy, end of compile, full warm-up)": t2 - t1, "copy": placed.copy_seconds,
+              "compile and warm-up (from the start of reading)": placed.compile_seconds,
+              "threads": torch.get_num_threads()}
     text = io.StringIO()
     text.write(json.dumps({k: round(v, 2) for k, v in phases.items()}) + "\n")
+    from torch._dynamo.utils import compile_times
+
+    text.write("\n===== torch._dynamo.utils.compile_times =====\n" + compile_times(repr="str") + "\n")
     for name, prof in (("read models", reading), ("compile thread", compiling)):
         for order, count in (("cumulative", 40), ("tottime", 20)):
             text.write(f"\n===== {name}, by {order} =====\n")

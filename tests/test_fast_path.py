@@ -17,7 +17,7 @@ from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.esm2_loader import load_esm2
 from virnucpro.models.formats import save_fair_esm_checkpoint
 from virnucpro.models.protein_alphabet import MASK, encode_proteins
-from virnucpro.predict.compile import compile_packed_layers, uncompile_packed_layers
+from virnucpro.predict.compile import compile_packed_layers, uncompile_packed_layers, warm_up_frames
 from virnucpro.predict.packing import pack_proteins
 from virnucpro.predict.placement import place_predictor
 from virnucpro.predict.precision import Precision
@@ -245,3 +245,27 @@ def test_layers_are_compiled_in_inductors_deterministic_mode(monkeypatch):
     assert len(calls) == esm.num_layers
     assert all(c["options"].get("deterministic") is True and c["dynamic"] for c in calls)
     uncompile_packed_layers(esm)
+
+
+def test_compiling_traces_each_layer_once(monkeypatch):
+    """Python floats in the layer (the attention scaling, LayerNorm's eps) traced as symbols
+    made Dynamo give up and trace the layer a second time: about half of a warm-cache start-up
+    compile. compile_packed_layers specialises them; the graph is traced once, through
+    AOTAutograd as with Inductor (the cheaper aot_eager backend stands in for it here)."""
+    import torch._dynamo.config
+    from torch._dynamo.utils import compilation_time_metrics
+
+    plain_compile = torch.compile
+    monkeypatch.setattr(torch._dynamo.config, "specialize_float", False)  # the default, restored after
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic, options: plain_compile(fn, dynamic=dynamic,
+                                                                                     backend="aot_eager"))
+    torch._dynamo.reset()
+    retraced_before = len(compilation_time_metrics.get("compile_attempt_1", []))
+    esm = demo.demo_esm()
+    compile_packed_layers(esm)
+    batch = pack_proteins(*encode_proteins([f.aa for f in warm_up_frames()]))
+    with torch.inference_mode():
+        esm.pooled_packed(batch)
+    assert len(compilation_time_metrics.get("compile_attempt_1", [])) == retraced_before
+    uncompile_packed_layers(esm)
+    torch._dynamo.reset()

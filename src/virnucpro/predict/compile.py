@@ -22,6 +22,13 @@ def compile_packed_layers(esm: torch.nn.Module) -> None:
     """torch.compile each ESM-2 layer's packed forward (fuses LayerNorm, rotary, GELU and
     residual adds around the GEMMs). Token counts vary per batch: dynamic shapes, so one
     compilation serves every batch; the layers share code, so they share the compiled graph."""
+    import torch._dynamo.config
+
+    # Python floats (the attention scaling, LayerNorm's eps) as constants, as eager code sees
+    # them. Traced as symbols, the default, Dynamo finds it cannot keep them symbolic and
+    # traces the layer a second time: about half of a warm-cache compile (measured on the CPU:
+    # 4.5 s -> 2.0 s for the first call). Results do not change: the values are the same.
+    torch._dynamo.config.specialize_float = True
     options = compile_options()
     for layer in esm.layers:
         layer.forward_packed = torch.compile(layer.forward_packed, dynamic=True, options=options)
