@@ -59,7 +59,8 @@ def child(index: int, processes: int, out: Path, launched: float, threads: int) 
     phases = {"start process": entered - launched, "import torch": imported_torch - entered,
               "import virnucpro": imported - imported_torch, "read models": t1 - t0,
               "to device (copy, end of compile, full warm-up)": t2 - t1, "copy": placed.copy_seconds,
-              "compile and warm-up (from the start of reading)": placed.compile_seconds,
+              "ESM-2 compile and warm-up (thread, from the checkpoint's opening)": placed.compile_seconds,
+              "whole predictor's warm-up, after the copy": placed.warm_up_seconds,
               "threads": torch.get_num_threads()}
     text = io.StringIO()
     text.write(json.dumps({k: round(v, 2) for k, v in phases.items()}) + "\n")

@@ -73,7 +73,7 @@ def test_fp8_where_there_are_no_fp8_tensor_cores_is_a_clear_error(tmp_path, caps
 @pytest.mark.gpu
 def test_gpu_fp8_predictor_compiled_beside_the_copy_stays_close_to_fp32():
     """The fp8 path as `virnucpro predict` builds it on a GPU: linear layers quantised as the
-    weights arrive, compiled and warmed up beside the copy. Against fp32, every protein
+    weights arrive, compiled and warmed up while they are copied. Against fp32, every protein
     embedding keeps a cosine of 0.99 (tiny random model; bench_fp8.py has the full-size gates)."""
     from virnucpro.models.bundle import ModelBundle
     from virnucpro.predict.placement import place_predictor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -106,3 +107,65 @@ def test_the_worker_starts_esm2_before_it_reads_the_other_models(tmp_path, monke
     loaded = demo.demo_esm().float().state_dict()
     for name, tensor in made.predictor.esm.state_dict().items():
         assert torch.equal(tensor, loaded[name]), name
+
+
+def test_abandoning_waits_for_the_thread_and_keeps_the_callers_error(stored_fp16):
+    """Reading the weights failed after compiling began: the thread is let finish (nothing
+    keeps using the device behind the error) and its own failure does not replace it."""
+    finished = threading.Event()
+
+    def slow_then_broken(target):
+        time.sleep(0.2)
+        finished.set()
+        raise RuntimeError("compiler exploded")
+
+    placed = EsmOnDevice(stored_fp16.architecture, CPU, torch.float32, beside=slow_then_broken)
+    placed.abandon()
+    assert finished.is_set()
+    placed.abandon()  # once is enough: a second call returns at once
+
+
+def test_a_second_fill_does_not_wait_forever(stored_fp16):
+    placed = EsmOnDevice(stored_fp16.architecture, CPU, torch.float32, beside=lambda target: None)
+    placed.fill(stored_fp16)
+    placed.fill(stored_fp16)
+    assert placed.compile_seconds is not None
+
+
+def test_a_module_started_for_other_settings_is_refused(stored_fp16):
+    from virnucpro.models.bundle import ModelBundle
+    from virnucpro.predict.placement import place_predictor, start_esm
+    from virnucpro.predict.precision import Precision
+
+    tokenizer = demo.demo_tokenizer()
+    dnabert = demo.demo_dnabert(tokenizer.vocab_size)
+    bundle = ModelBundle(stored_fp16, dnabert, tokenizer, demo.demo_classifier(dnabert.hidden + stored_fp16.embed_dim))
+    fp32 = Precision.resolve("fp32", CPU)
+    started = start_esm(stored_fp16.architecture, CPU, fp32)
+    with pytest.raises(ValueError, match="started for"):
+        place_predictor(bundle, CPU, Precision.resolve("bf16", CPU), esm=started)
+
+
+def test_a_model_that_fails_to_load_after_esm2_started_is_the_error_reported(tmp_path, monkeypatch):
+    from virnucpro.config import RunConfig
+    from virnucpro.errors import ModelError
+    from virnucpro.models import bundle as bundle_module
+    from virnucpro.predict import task
+
+    abandoned = []
+    plain_start = task.start_esm
+
+    def start(*args, **kwargs):
+        started = plain_start(*args, **kwargs)
+        plain_abandon = started.abandon
+        started.abandon = lambda: abandoned.append(1) or plain_abandon()
+        return started
+
+    def broken(*args):
+        raise ModelError("DNABERT-S file is corrupt (simulated)")
+
+    monkeypatch.setattr(task, "start_esm", start)
+    monkeypatch.setattr(bundle_module.demo, "demo_dnabert", broken)
+    with pytest.raises(ModelError, match="simulated"):
+        task.make_frame_task(RunConfig(input=tmp_path / "unused.fa", demo=True), CPU)
+    assert abandoned == [1]

@@ -76,7 +76,7 @@ class RunConfig:
     save_embeddings: bool = False  # per-frame DNABERT-S and ESM-2 embeddings beside the results
     batch_tokens: int | None = None  # token budget per batch; None: sized from the device
     shard_tokens: int = 200_000  # protein tokens per shard (a few seconds of one GPU's work)
-    compile: bool = True  # torch.compile ESM-2's layers on the GPU fast path (once per worker, beside the weight copy)
+    compile: bool = True  # torch.compile ESM-2's layers on the GPU fast path (once per worker, while the models are read and copied)
     rna_as_dna: bool = False  # read U as T (the original drops codons holding U)
     # Per-sequence calls (prediction_summary.tsv); the original's two files do not depend on them.
     min_virus_fraction: float = 0.5  # share of a sequence's scored chunks that must be virus

@@ -28,6 +28,8 @@ def compile_packed_layers(esm: torch.nn.Module) -> None:
     # them. Traced as symbols, the default, Dynamo finds it cannot keep them symbolic and
     # traces the layer a second time: about half of a warm-cache compile (measured on the CPU:
     # 4.5 s -> 2.0 s for the first call). Results do not change: the values are the same.
+    # A process-wide setting (Dynamo reads it when it traces, lazily, on the warm-up thread):
+    # it applies to any other torch.compile in the process too, and is left set.
     torch._dynamo.config.specialize_float = True
     options = compile_options()
     for layer in esm.layers:

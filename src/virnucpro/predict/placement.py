@@ -41,7 +41,8 @@ log = logging.getLogger("virnucpro")
 class Placement:
     predictor: FramePredictor
     copy_seconds: float  # ESM-2's weights to the device
-    compile_seconds: float | None  # compiling and warming up (beside reading and copying); None: not compiled
+    compile_seconds: float | None  # compiling ESM-2 and its warm-up, on the thread beside reading and copying; None: not compiled
+    warm_up_seconds: float | None = None  # then the whole predictor's warm-up shard (DNABERT-S, classifier too)
 
 
 def start_esm(architecture: dict, device: torch.device, precision: Precision, *, compile: bool = False,
@@ -57,34 +58,42 @@ def start_esm(architecture: dict, device: torch.device, precision: Precision, *,
                        fp8_keep=fp8_keep if precision.fp8 else None)
 
 
+def _settings(precision: Precision, compile: bool, fp8_keep: tuple[str, ...]) -> tuple:
+    """What an EsmOnDevice from start_esm(..., precision, compile, fp8_keep) was built for."""
+    return precision.esm_dtype, bool(compile and precision.packed), fp8_keep if precision.fp8 else None
+
+
 def place_predictor(bundle: ModelBundle, device: torch.device, precision: Precision, *,
                     batch_tokens: int | None = None, compile: bool = False,
                     fp8_keep: tuple[str, ...] = (), esm: "EsmOnDevice | None" = None) -> Placement:
     """The bundle's models on `device`, as a ready FramePredictor whose batch budget is sized
     from the memory left once they are resident (unless `batch_tokens` pins it).
 
-    esm: ESM-2's device module from start_esm, begun (and compiling) while the bundle was
-    read; when None it is started here, so compiling still overlaps the copy of the weights.
-    Once compiled, a small warm-up shard runs through the whole predictor, so every kernel
-    exists before the first real shard."""
+    esm: ESM-2's device module from start_esm (with the same precision, compile and fp8_keep),
+    begun and compiling while the bundle was read; when None it is started here, so compiling
+    still overlaps the copy of the weights. Once compiled, a small warm-up shard runs through
+    the whole predictor, so every kernel exists before the first real shard."""
     if esm is None:
         esm = start_esm(bundle.esm.architecture, device, precision, compile=compile, fp8_keep=fp8_keep)
+    elif esm.settings != _settings(precision, compile, fp8_keep):
+        esm.abandon()
+        raise ValueError(f"ESM-2 was started for {esm.settings}, not {_settings(precision, compile, fp8_keep)}")
+    copy_seconds = esm.fill(bundle.esm)  # waits for the compile thread too
     # DNABERT-S keeps fp32 weights under autocast; the classifier is tiny, and fp32 keeps its
-    # scores comparable to the original's.
+    # scores comparable to the original's. (After ESM-2's fill: nothing may fail in between.)
     dnabert = bundle.dnabert.to(device=device, dtype=precision.dnabert_dtype).eval()
     classifier = bundle.classifier.to(device=device, dtype=torch.float32).eval()
 
     def ready(tokens: int) -> FramePredictor:
         return FramePredictor(bundle.tokenizer, dnabert, esm.module, classifier, device, precision, tokens)
 
-    copy_seconds = esm.fill(bundle.esm)  # waits for the compile thread too
-    compile_seconds = esm.compile_seconds
-    if compile_seconds is not None:
+    warm_up_seconds = None
+    if esm.compile_seconds is not None:
         t0 = time.perf_counter()
         ready(batch_tokens or MIN_GPU_BATCH_TOKENS).predict(warm_up_frames())
-        compile_seconds += time.perf_counter() - t0
+        warm_up_seconds = time.perf_counter() - t0
     predictor = ready(batch_tokens or batch_tokens_for(device, esm.module.embed_dim))
-    return Placement(predictor, copy_seconds, compile_seconds)
+    return Placement(predictor, copy_seconds, esm.compile_seconds, warm_up_seconds)
 
 
 def esm_on_device(esm: ESM2, device: torch.device, dtype: torch.dtype, *,
@@ -116,17 +125,28 @@ class EsmOnDevice:
         self.module = _empty_module(architecture, device, dtype)
         self.quantised = ({prefix: new for prefix, _, new in fp8_linears(self.module, fp8_keep)}
                           if fp8_keep is not None else {})
+        self.settings = (dtype, beside is not None, fp8_keep)  # checked by place_predictor
         self.compile_seconds: float | None = None
         self._done = (in_background(lambda: _timed(beside, self.module), "compile-while-loading")
                       if beside else None)
 
+    def abandon(self) -> None:
+        """When the weights will never come (reading them failed): let the thread beside
+        finish before the caller's error unwinds, so nothing keeps using the device behind
+        it; what the thread raised is logged, the caller's error being the news."""
+        try:
+            self._wait()
+        except BaseException as beside:  # noqa: BLE001 - likely a consequence of the same fault
+            log.debug("also failed beside: %s: %s", type(beside).__name__, beside)
+
     def fill(self, source: ESM2) -> float:
         """Copy `source`'s buffers and weights in (each in its stored dtype, cast on the
         device), wait for the thread beside, re-raising what it raised; the copy's seconds."""
-        if source.architecture != self.module.architecture:
-            raise ValueError(f"ESM-2 weights of {source.architecture} for a module of {self.module.architecture}")
         t0 = time.perf_counter()
         try:
+            if source.architecture != self.module.architecture:
+                raise ValueError(f"ESM-2 weights of {source.architecture} for a module of "
+                                 f"{self.module.architecture}")
             targets = dict(self.module.named_buffers())  # fp8 layers add buffers of their own
             with torch.no_grad():
                 for name, src in source.named_buffers():
@@ -135,18 +155,17 @@ class EsmOnDevice:
             if self.module.embed_tokens.weight.device.type == "cuda":
                 torch.cuda.synchronize(self.module.embed_tokens.weight.device)  # the casts are queued
         except BaseException:
-            try:
-                self._wait()  # the thread uses the module: let it finish before the error unwinds
-            except BaseException as beside:  # noqa: BLE001 - likely a consequence; the copy's error is the news
-                log.debug("also failed beside the copy: %s: %s", type(beside).__name__, beside)
+            self.abandon()  # the thread uses the module: let it finish before the error unwinds
             raise
         copy_seconds = time.perf_counter() - t0
         self._wait()
         return copy_seconds
 
     def _wait(self) -> None:
-        if self._done is not None:
-            self.compile_seconds = self._done()
+        """Wait for the thread beside once (later calls return at once); re-raise its error."""
+        done, self._done = self._done, None
+        if done is not None:
+            self.compile_seconds = done()
 
 
 def _timed(fn: Callable[[ESM2], None], module: ESM2) -> float:
@@ -156,13 +175,15 @@ def _timed(fn: Callable[[ESM2], None], module: ESM2) -> float:
 
 
 def _compile_and_warm_up_esm(esm: ESM2) -> None:
-    """Compile the packed layers and run them once on a few proteins of different lengths:
-    every kernel of the packed path then exists, for any batch size."""
+    """Compile the packed layers and run them on a few proteins of different lengths, once
+    all together and once without the longest (so both attention kernels run,
+    models/packed_attention.py): every kernel of the packed path then exists, for any batch."""
     compile_packed_layers(esm)
-    frames = warm_up_frames()
-    batch = pack_proteins(*encode_proteins([f.aa for f in frames]))
-    with torch.inference_mode():  # as FramePredictor.run calls it: the same compiled graph
-        esm.pooled_packed(batch.to(esm.embed_tokens.weight.device))
+    proteins = sorted((f.aa for f in warm_up_frames()), key=len)
+    for batch in (proteins, proteins[:-1]):
+        packed = pack_proteins(*encode_proteins(batch))
+        with torch.inference_mode():  # as FramePredictor.run calls it: the same compiled graph
+            esm.pooled_packed(packed.to(esm.embed_tokens.weight.device))
 
 
 def _empty_module(architecture: dict, device: torch.device, dtype: torch.dtype) -> ESM2:

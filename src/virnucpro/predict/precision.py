@@ -23,7 +23,7 @@ _BY_NAME = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16
 class Precision:
     esm_dtype: torch.dtype
     dnabert_autocast: bool  # DNABERT-S GEMMs in fp16 under autocast (weights stay fp32)
-    packed: bool  # ESM-2 on packed batches through flash varlen attention
+    packed: bool  # ESM-2 on packed batches through varlen attention (models/packed_attention.py)
     reference: bool  # the original algorithm: fp32, one-by-one DNABERT-S, 2048-token ESM batches
     fp8: bool = False  # ESM-2's linear layers in fp8 (predict/fp8.py), the rest in esm_dtype (bf16)
 

@@ -49,8 +49,8 @@ PoolFn = Callable[["TokenBatch | PackedBatch"], torch.Tensor]
 class FramePredictor:
     """Every model of a run on one device, ready: frames in, class probabilities out.
 
-    Built by `predict.placement.place_predictor` (models copied in, ESM-2 compiled beside the
-    copy); its parts are already on `device` in the precision's dtypes."""
+    Built by `predict.placement.place_predictor` (models copied in, ESM-2 compiled while they
+    were read and copied); its parts are already on `device` in the precision's dtypes."""
 
     def __init__(self, tokenizer: DnaTokenizer, dnabert: DNABertS, esm: ESM2, classifier: MLPClassifier,
                  device: torch.device, precision: Precision, batch_tokens: int) -> None:

@@ -104,19 +104,29 @@ def make_frame_task(config: RunConfig, device: torch.device) -> FrameTask:
     t0 = time.perf_counter()
     precision = Precision.resolve(config.precision, device, config.reference)
     started: list[EsmOnDevice] = []
+    starting: list[float] = []
 
     def start(architecture: dict) -> None:  # compiling starts while the weights are read
+        t = time.perf_counter()
         started.append(start_esm(architecture, device, precision, compile=config.compile))
+        starting.append(time.perf_counter() - t)
 
-    bundle = load_bundle(config.models, config.chunk_len, config.demo, on_esm_architecture=start)
+    try:
+        bundle = load_bundle(config.models, config.chunk_len, config.demo, on_esm_architecture=start)
+    except BaseException:
+        for esm in started:  # reading failed after ESM-2 began compiling: let that end first
+            esm.abandon()
+        raise
     t1 = time.perf_counter()
     placed = place_predictor(bundle, device, precision, batch_tokens=config.batch_tokens,
                              compile=config.compile, esm=started[0])
-    startup = {"read models": round(t1 - t0, 2),
+    startup = {"ESM-2 started on the device (CUDA context, empty module)": round(starting[0], 2),
+               "read models": round(t1 - t0 - starting[0], 2),
                "models to device": round(time.perf_counter() - t1, 2),
                "of which ESM-2 weights copied": round(placed.copy_seconds, 2)}
-    if placed.compile_seconds is not None:  # on a thread beside reading and copying
-        startup["compile and warm-up, beside reading and copying"] = round(placed.compile_seconds, 2)
+    if placed.compile_seconds is not None:
+        startup["compile ESM-2 and warm it up, on a thread beside reading and copying"] = round(placed.compile_seconds, 2)
+        startup["of models to device, the whole predictor's warm-up"] = round(placed.warm_up_seconds or 0.0, 2)
     info = DeviceInfo(dict(bundle.identity), tuple(bundle.demo_models), precision.name,
                       bundle.feature_dims(), placed.predictor.batch_tokens, startup)
     return FrameTask(placed.predictor, config.save_embeddings, info)
