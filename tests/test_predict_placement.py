@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
 import pytest
 import torch
 
+from virnucpro.engine.background import QUICK_SWITCH_INTERVAL_S, quick_thread_switching
 from virnucpro.models import demo
 from virnucpro.models.esm2 import standard_inv_freq
 from virnucpro.predict.placement import EsmOnDevice, esm_on_device
@@ -169,3 +171,25 @@ def test_a_model_that_fails_to_load_after_esm2_started_is_the_error_reported(tmp
     with pytest.raises(ModelError, match="simulated"):
         task.make_frame_task(RunConfig(input=tmp_path / "unused.fa", demo=True), CPU)
     assert abandoned == [1]
+
+
+def test_threads_switch_quickly_while_esm2_compiles_beside_the_reading(stored_fp16):
+    """Compiling is Python from end to end; at the default 5 ms switch interval the reading
+    beside it waited that long at every torch call (benchmarks/gil_convoy.py). The thread
+    lowers the interval while it runs, and the old value is back once it is done."""
+    default = sys.getswitchinterval()
+    seen = []
+    placed = EsmOnDevice(stored_fp16.architecture, CPU, torch.float32,
+                         beside=lambda target: seen.append(sys.getswitchinterval()))
+    placed.fill(stored_fp16)
+    assert seen and seen[0] < default and seen[0] <= QUICK_SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == default
+
+
+def test_overlapping_quick_switching_restores_the_interval_once_the_last_leaves():
+    default = sys.getswitchinterval()
+    with quick_thread_switching():
+        with quick_thread_switching():
+            assert sys.getswitchinterval() < default
+        assert sys.getswitchinterval() < default
+    assert sys.getswitchinterval() == default

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from virnucpro.engine.background import in_background
+from virnucpro.engine.background import in_background, quick_thread_switching
 from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.esm2 import ESM2, standard_inv_freq
 from virnucpro.models.protein_alphabet import encode_proteins
@@ -169,8 +169,12 @@ class EsmOnDevice:
 
 
 def _timed(fn: Callable[[ESM2], None], module: ESM2) -> float:
+    """fn(module)'s seconds. Threads switch often meanwhile: compiling is Python from end to end,
+    and would otherwise hold up the reading beside it at every torch call (the convoy effect,
+    engine/background.py)."""
     t0 = time.perf_counter()
-    fn(module)
+    with quick_thread_switching():
+        fn(module)
     return time.perf_counter() - t0
 
 
