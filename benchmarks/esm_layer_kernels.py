@@ -40,6 +40,7 @@ import bench_engine  # noqa: E402
 from virnucpro.models import esm2  # noqa: E402
 from virnucpro.models.esm2 import PackedBatch, TransformerLayer  # noqa: E402
 from virnucpro.predict.compile import compile_options  # noqa: E402
+from virnucpro.predict.packing import pack_proteins  # noqa: E402
 
 D, H, HD = 2560, 40, 64
 
@@ -57,15 +58,9 @@ def lengths_for(kind: str, budget: int, rng: np.random.Generator) -> list[int]:
 
 
 def packed(lengths: list[int]) -> PackedBatch:
-    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    positions = np.concatenate([np.arange(n) for n in lengths])
-    seq_index = np.repeat(np.arange(len(lengths)), lengths)
-    n = int(cu[-1])
-    dev = "cuda"
-    return PackedBatch(torch.randint(4, 24, (n,), device=dev), torch.from_numpy(cu).to(dev),
-                       torch.from_numpy(positions).to(dev), torch.from_numpy(seq_index).to(dev),
-                       torch.zeros(1, 1, dtype=torch.long, device=dev), torch.ones(1, device=dev),
-                       int(max(lengths)), tuple(int(c) for c in cu))
+    """Random residue tokens of these lengths, packed as the pipeline packs them, on the GPU."""
+    tokens = torch.randint(4, 24, (len(lengths), max(lengths)))
+    return pack_proteins(tokens, torch.tensor(lengths)).to(torch.device("cuda"))
 
 
 def time_ms(fn, repeats: int = 20) -> float:
@@ -123,7 +118,7 @@ def layer_rows(batch: PackedBatch, rate: float, lengths: list[int]) -> dict:
             p.copy_(p.half().float())
     n = batch.tokens.shape[0]
     x = torch.randn(n, D, device="cuda")
-    cos_sin = bench_engine_rotary(batch)
+    cos_sin = rotary_for(batch)
     with torch.inference_mode():
         ref = ref_layer.forward_packed(x, batch, cos_sin).double()
     flops = n * 24 * D * D + sum(4 * L * L * D for L in lengths)
@@ -196,7 +191,7 @@ LAYER_VARIANTS = {
 }
 
 
-def bench_engine_rotary(batch: PackedBatch):
+def rotary_for(batch: PackedBatch):
     from virnucpro.models.esm2 import RotaryEmbedding
 
     return RotaryEmbedding(HD).cuda().packed_cos_sin(batch)

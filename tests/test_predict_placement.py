@@ -134,16 +134,14 @@ def test_a_second_fill_does_not_wait_forever(stored_fp16):
     assert placed.compile_seconds is not None
 
 
-def test_a_module_started_for_other_settings_is_refused(stored_fp16):
-    from virnucpro.models.bundle import ModelBundle
+def test_a_module_started_for_other_settings_is_refused():
+    from virnucpro.config import ModelPaths
+    from virnucpro.models.bundle import load_bundle
     from virnucpro.predict.placement import place_predictor, start_esm
     from virnucpro.predict.precision import Precision
 
-    tokenizer = demo.demo_tokenizer()
-    dnabert = demo.demo_dnabert(tokenizer.vocab_size)
-    bundle = ModelBundle(stored_fp16, dnabert, tokenizer, demo.demo_classifier(dnabert.hidden + stored_fp16.embed_dim))
-    fp32 = Precision.resolve("fp32", CPU)
-    started = start_esm(stored_fp16.architecture, CPU, fp32)
+    bundle = load_bundle(ModelPaths(), 300, True)  # the demo models
+    started = start_esm(bundle.esm.architecture, CPU, Precision.resolve("fp32", CPU))
     with pytest.raises(ValueError, match="started for"):
         place_predictor(bundle, CPU, Precision.resolve("bf16", CPU), esm=started)
 

@@ -18,6 +18,7 @@ deterministic, and a batch's kernel depends only on the batch, never on the devi
 from __future__ import annotations
 
 import torch
+from torch.nn.attention.varlen import varlen_attn
 
 # Longest protein (tokens) for which the memory-efficient kernel is used; above it, flash.
 EFFICIENT_UP_TO_TOKENS = 128
@@ -33,8 +34,6 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
             q[None], k[None], v[None], None, cu_seqlens, cu_seqlens, max_len, max_len,
             0.0, 0, False, scale=1.0)[0]  # [1, N, H, hd]
         return out[0]
-    from torch.nn.attention.varlen import varlen_attn
-
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=1.0)
 
 

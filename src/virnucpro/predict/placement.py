@@ -53,13 +53,14 @@ def start_esm(architecture: dict, device: torch.device, precision: Precision, *,
     With fp8, the linear layers but those in `fp8_keep` are fp8 ones (predict/fp8.py)."""
     if precision.fp8:
         check_fp8_device(device)
-    beside = _compile_and_warm_up_esm if compile and precision.packed else None
-    return EsmOnDevice(architecture, device, precision.esm_dtype, beside=beside,
-                       fp8_keep=fp8_keep if precision.fp8 else None)
+    dtype, compiles, keep = _settings(precision, compile, fp8_keep)
+    return EsmOnDevice(architecture, device, dtype, beside=_compile_and_warm_up_esm if compiles else None,
+                       fp8_keep=keep)
 
 
 def _settings(precision: Precision, compile: bool, fp8_keep: tuple[str, ...]) -> tuple:
-    """What an EsmOnDevice from start_esm(..., precision, compile, fp8_keep) was built for."""
+    """(dtype, compiled, fp8 layers kept in bf16 or None) of ESM-2's device module for these
+    choices: what start_esm builds, and what place_predictor checks a started one against."""
     return precision.esm_dtype, bool(compile and precision.packed), fp8_keep if precision.fp8 else None
 
 
@@ -147,13 +148,14 @@ class EsmOnDevice:
             if source.architecture != self.module.architecture:
                 raise ValueError(f"ESM-2 weights of {source.architecture} for a module of "
                                  f"{self.module.architecture}")
+            device = self.module.embed_tokens.weight.device
             targets = dict(self.module.named_buffers())  # fp8 layers add buffers of their own
             with torch.no_grad():
                 for name, src in source.named_buffers():
                     targets[name].copy_(src)
-            _copy_parameters(source, self.module, self.module.embed_tokens.weight.device, self.quantised)
-            if self.module.embed_tokens.weight.device.type == "cuda":
-                torch.cuda.synchronize(self.module.embed_tokens.weight.device)  # the casts are queued
+            _copy_parameters(source, self.module, device, self.quantised)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the casts are queued
         except BaseException:
             self.abandon()  # the thread uses the module: let it finish before the error unwinds
             raise

@@ -103,25 +103,25 @@ def make_frame_task(config: RunConfig, device: torch.device) -> FrameTask:
     """Load the models on `device` and wrap them as the engine's task (runs in the worker)."""
     t0 = time.perf_counter()
     precision = Precision.resolve(config.precision, device, config.reference)
-    started: list[EsmOnDevice] = []
-    starting: list[float] = []
+    started: list[tuple[EsmOnDevice, float]] = []  # ESM-2's device module, and seconds to build it
 
     def start(architecture: dict) -> None:  # compiling starts while the weights are read
         t = time.perf_counter()
-        started.append(start_esm(architecture, device, precision, compile=config.compile))
-        starting.append(time.perf_counter() - t)
+        esm = start_esm(architecture, device, precision, compile=config.compile)
+        started.append((esm, time.perf_counter() - t))
 
     try:
         bundle = load_bundle(config.models, config.chunk_len, config.demo, on_esm_architecture=start)
     except BaseException:
-        for esm in started:  # reading failed after ESM-2 began compiling: let that end first
+        for esm, _ in started:  # reading failed after ESM-2 began compiling: let that end first
             esm.abandon()
         raise
     t1 = time.perf_counter()
+    (esm, building), = started
     placed = place_predictor(bundle, device, precision, batch_tokens=config.batch_tokens,
-                             compile=config.compile, esm=started[0])
-    startup = {"read models": round(t1 - t0 - starting[0], 2),
-               "ESM-2 built empty on the device, amid the reading": round(starting[0], 2),
+                             compile=config.compile, esm=esm)
+    startup = {"read models": round(t1 - t0 - building, 2),
+               "ESM-2 built empty on the device, amid the reading": round(building, 2),
                "models to device": round(time.perf_counter() - t1, 2),
                "of which ESM-2 weights copied": round(placed.copy_seconds, 2)}
     if placed.compile_seconds is not None:
