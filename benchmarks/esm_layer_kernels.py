@@ -16,14 +16,25 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
   tanh_gelu_epilogue fc1 through cuBLASLt's GELU epilogue (tanh approximation: not the
                     model's erf GELU; measured to see what an epilogue is worth)
   residual_in_gemm_tanh_gelu  both
+  persistent_layer_norm  base, with Inductor allowed persistent (one-pass) reductions up to
+                    4,096 columns: LayerNorm over 2,560 otherwise loops over the row twice
+  tanh_gelu_pointwise  base with GELU's tanh form in the same pointwise kernel (diagnostic:
+                    is the erf kernel bound by arithmetic or by memory?)
+  two_layers        two layers compiled as one graph (time per layer): what fusing the
+                    residual add across the layer boundary into the next LayerNorm buys
+  two_layers_persistent  both
+  aten_gelu         base with GELU as PyTorch's own kernel (an opaque custom op, so Inductor
+                    does not generate its own pointwise kernel for it)
 Each: ms per call (CUDA events, median of 20), the share of the bf16 matrix rate measured in
-the same run (GEMM + attention FLOPs), and the cosine / max relative error against the fp32
-eager layer.
+the same run (GEMM + attention FLOPs), the cosine / max relative error against the fp32
+eager layer, and its CUDA kernels by time (torch.profiler, one call).
+    python benchmarks/esm_layer_kernels.py --out F.json --variants base,persistent_layer_norm
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
@@ -110,7 +121,7 @@ def attention_rows(batch: PackedBatch, lengths: list[int]) -> dict:
     return rows
 
 
-def layer_rows(batch: PackedBatch, rate: float, lengths: list[int]) -> dict:
+def layer_rows(batch: PackedBatch, rate: float, lengths: list[int], names: list[str]) -> dict:
     torch.manual_seed(0)
     ref_layer = bench_engine.randomise(TransformerLayer(D, H).cuda(), 3).eval()
     with torch.no_grad():
@@ -123,23 +134,63 @@ def layer_rows(batch: PackedBatch, rate: float, lengths: list[int]) -> dict:
         ref = ref_layer.forward_packed(x, batch, cos_sin).double()
     flops = n * 24 * D * D + sum(4 * L * L * D for L in lengths)
     rows = {}
-    for name, variant in LAYER_VARIANTS.items():
+    for name in names:
+        variant, layers_per_call, context = LAYER_VARIANTS[name]
         layer = copy.deepcopy(ref_layer).to(torch.bfloat16)
         t0 = time.perf_counter()
         fn = torch.compile(variant(layer), dynamic=True, options=compile_options())
         xb = x.to(torch.bfloat16)
         with torch.inference_mode():
-            out = fn(xb, batch, cos_sin)
+            with context():  # Inductor's choices apply while it compiles: the first call
+                out = fn(xb, batch, cos_sin)
             torch.cuda.synchronize()
             compile_s = time.perf_counter() - t0
-            ms = time_ms(lambda: fn(xb, batch, cos_sin))
-        cos = F.cosine_similarity(out.double(), ref, dim=1)
-        rel = (out.double() - ref).norm(dim=1) / ref.norm(dim=1)
-        rows[name] = {"ms": round(ms, 3), "share_of_matrix_rate": round(flops / ms / 1e9 / rate, 3),
-                      "compile_s": round(compile_s, 1), "cosine_min": float(cos.min()),
-                      "cosine_median": float(cos.median()), "rel_err_max": float(rel.max())}
+            ms = time_ms(lambda: fn(xb, batch, cos_sin)) / layers_per_call
+            kernels = kernel_times(lambda: fn(xb, batch, cos_sin), layers_per_call)
+        row = {"ms": round(ms, 3), "share_of_matrix_rate": round(flops / ms / 1e9 / rate, 3),
+               "compile_s": round(compile_s, 1), "kernels_ms_per_layer": kernels}
+        if layers_per_call == 1:  # two layers in a row are not comparable with one fp32 layer
+            cos = F.cosine_similarity(out.double(), ref, dim=1)
+            rel = (out.double() - ref).norm(dim=1) / ref.norm(dim=1)
+            row.update({"cosine_min": float(cos.min()), "cosine_median": float(cos.median()),
+                        "rel_err_max": float(rel.max())})
+        rows[name] = row
+        print(name, json.dumps(row), flush=True)
         torch._dynamo.reset()
     return rows
+
+
+def kernel_times(fn, layers_per_call: int) -> dict:
+    """CUDA time of each kernel of one call, ms per layer, longest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.name[:80]] = kernels.get(event.name[:80], 0.0) + event.device_time_total / 1e3
+    return {k: round(v / layers_per_call, 4) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])}
+
+
+def persistent_reductions():
+    """Inductor allowed one-pass (persistent) reductions over rows of up to 4,096 elements,
+    instead of its default 1,024 (as the pipeline now compiles); a context for the compiling
+    (first) call."""
+    from torch._inductor.virtualized import V
+
+    from virnucpro.predict.compile import whole_row_choices
+
+    return V.set_choices_handler(whole_row_choices())
+
+
+def default_choices():
+    """Inductor's own choices (before this pipeline's whole-row LayerNorm)."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.virtualized import V
+
+    return V.set_choices_handler(InductorChoices())
 
 
 def flash_attention(layer: TransformerLayer):
@@ -182,12 +233,57 @@ def packed_forward(layer: TransformerLayer, *, attention=None, residual_in_gemm:
     return forward
 
 
+def tanh_gelu_pointwise(layer: TransformerLayer):
+    def forward(x, batch, cos_sin):
+        attn_out = layer.self_attn.forward_packed(layer.self_attn_layer_norm(x), batch, cos_sin)
+        x = x + attn_out
+        h = F.gelu(layer.fc1(layer.final_layer_norm(x)), approximate="tanh")
+        return x + layer.fc2(h)
+    return forward
+
+
+@torch.library.custom_op("virnucpro_bench::gelu", mutates_args=())
+def aten_gelu_op(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x)
+
+
+@aten_gelu_op.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def aten_gelu(layer: TransformerLayer):
+    def forward(x, batch, cos_sin):
+        x = x + layer.self_attn.forward_packed(layer.self_attn_layer_norm(x), batch, cos_sin)
+        return x + layer.fc2(aten_gelu_op(layer.fc1(layer.final_layer_norm(x))))
+    return forward
+
+
+def two_layers(layer: TransformerLayer):
+    """The same layer twice in one graph: the add that ends the first fuses into the second's
+    LayerNorm, as it would if the compiled unit spanned layer boundaries."""
+    def forward(x, batch, cos_sin):
+        return layer.forward_packed(layer.forward_packed(x, batch, cos_sin), batch, cos_sin)
+    return forward
+
+
+def nothing():
+    return contextlib.nullcontext()
+
+
+# name: (the function to compile, layers it runs, context while it compiles)
 LAYER_VARIANTS = {
-    "base": lambda layer: layer.forward_packed,
-    "flash_attention": flash_attention,
-    "residual_in_gemm": lambda layer: packed_forward(layer, residual_in_gemm=True),
-    "tanh_gelu_epilogue": lambda layer: packed_forward(layer, tanh_gelu=True),
-    "residual_in_gemm_tanh_gelu": lambda layer: packed_forward(layer, residual_in_gemm=True, tanh_gelu=True),
+    "base": (lambda layer: layer.forward_packed, 1, default_choices),
+    "flash_attention": (flash_attention, 1, default_choices),
+    "residual_in_gemm": (lambda layer: packed_forward(layer, residual_in_gemm=True), 1, nothing),
+    "tanh_gelu_epilogue": (lambda layer: packed_forward(layer, tanh_gelu=True), 1, nothing),
+    "residual_in_gemm_tanh_gelu": (lambda layer: packed_forward(layer, residual_in_gemm=True, tanh_gelu=True),
+                                   1, nothing),
+    "persistent_layer_norm": (lambda layer: layer.forward_packed, 1, persistent_reductions),
+    "tanh_gelu_pointwise": (tanh_gelu_pointwise, 1, default_choices),
+    "two_layers": (two_layers, 2, default_choices),
+    "two_layers_persistent": (two_layers, 2, persistent_reductions),
+    "aten_gelu": (aten_gelu, 1, persistent_reductions),
 }
 
 
@@ -201,6 +297,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tokens", type=int, default=98_304, help="packed tokens per batch")
+    ap.add_argument("--variants", default=",".join(LAYER_VARIANTS), help="layer variants, comma-separated")
+    ap.add_argument("--skip-attention", action="store_true", help="only the layer variants")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     rate = bench_engine.matmul_rate()
@@ -212,8 +310,8 @@ def main() -> None:
         lengths = lengths_for(kind, args.tokens, rng)
         batch = packed(lengths)
         result[kind] = {"tokens": int(sum(lengths)), "proteins": len(lengths),
-                        "attention": attention_rows(batch, lengths),
-                        "layer": layer_rows(batch, rate, lengths)}
+                        "attention": {} if args.skip_attention else attention_rows(batch, lengths),
+                        "layer": layer_rows(batch, rate, lengths, args.variants.split(","))}
         print(json.dumps(result[kind], indent=1), flush=True)
     args.out.write_text(json.dumps(result, indent=1))
 

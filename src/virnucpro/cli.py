@@ -24,6 +24,7 @@ from virnucpro.config import (
     RunConfig,
     read_sample_sheet,
 )
+from virnucpro.engine.bytecode import keep_bytecode
 from virnucpro.errors import (
     EXIT_CODES,
     EXIT_INTERRUPTED,
@@ -34,6 +35,7 @@ from virnucpro.errors import (
     VirnucproError,
 )
 from virnucpro.layout import EMBEDDINGS_DIRNAME, OUTPUT_FILES, SEQUENCES_NAME, VIRAL_FASTA_NAME
+from virnucpro.models.caches import virnucpro_home
 
 log = logging.getLogger("virnucpro")
 
@@ -635,6 +637,8 @@ def entry() -> None:
     """The `virnucpro` command: main(), then leave without interpreter teardown. A worker
     thread still inside a kernel when a run is interrupted could otherwise abort the process
     (exit 134 instead of 130/143) as Python finalises; everything is written and closed by now."""
+    # Before torch is imported: seconds of every start where the environment keeps no bytecode.
+    keep_bytecode(virnucpro_home() / "bytecode")
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
