@@ -152,8 +152,11 @@ def test_save_embeddings_in_input_order(tmp_path, reference):
 # ------------------------------------------------------------------ whole-process signals
 
 def cli(sample: Path, *extra: str, devices: str = "cpu,cpu") -> subprocess.Popen:
+    # SIGINT back to its default in the child: a shell that starts pytest in the background
+    # ignores it, children inherit that, and Python then installs no Ctrl-C handler at all.
     return subprocess.Popen([sys.executable, "-m", "virnucpro", *args(sample, "--devices", devices, *extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_shards(store: Path, count: int, proc: subprocess.Popen, limit_s: float = 60) -> None:
