@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from dnabert_factory import make_dnabert_folder, real_tokenizer_path
 from esm_factory import make_fair_esm_model
 
 from virnucpro.models.formats import save_fair_esm_checkpoint, save_released_classifier
+
+# The commands these tests start keep no bytecode in the user's cache (engine/bytecode.py has
+# its own tests, which lift this).
+os.environ.setdefault("VIRNUCPRO_KEEP_BYTECODE", "0")
 
 TINY_DIM = 64  # both encoders: the classifier then takes 2 * 64 features
 

@@ -290,9 +290,10 @@ def test_layer_norm_rows_up_to_4096_are_reduced_in_one_pass():
 
     from virnucpro.predict.compile import compile_options, whole_row_choices
 
-    assert compile_options()["inductor_choices_class"] is whole_row_choices
-    choices = whole_row_choices()
-    assert isinstance(choices, InductorChoices) and "4096" in choices.uuid()
+    factory = compile_options()["inductor_choices_class"]
+    choices = factory()
+    assert isinstance(choices, InductorChoices) and choices.uuid() == whole_row_choices().uuid()
+    assert "4096" in choices.uuid() and "4096" in repr(factory)  # the 2.11 cache key pickles the factory
 
     import sympy
 
@@ -337,4 +338,25 @@ def test_gpu_compiled_layer_norm_is_one_pass_and_matches_fp32():
         expected = reference.pooled_packed(batch)
     cos = torch.nn.functional.cosine_similarity(got.double(), expected.double(), dim=1)
     assert cos.min() > 0.9999
+    uncompile_packed_layers(esm)
+
+
+def test_compiled_layers_run_under_their_choices_whatever_the_thread_had():
+    """Inductor keeps one choices object per thread, made on first use; the compile option
+    alone would not replace one a thread already has, and the cache would then store a
+    looped LayerNorm under the one-pass key. Each compiled layer is called with its choices
+    installed, on any thread, and the thread's own come back after."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.virtualized import V
+
+    seen = []
+    esm = demo.demo_esm()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "compile", lambda fn, **kwargs: lambda *a, **k: seen.append(V.choices.uuid()))
+        compile_packed_layers(esm)
+    own = InductorChoices()
+    with V.set_choices_handler(own):
+        esm.layers[0].forward_packed(None, None, None)
+        assert V.choices is own
+    assert seen and "whole-row-4096" in seen[0]
     uncompile_packed_layers(esm)

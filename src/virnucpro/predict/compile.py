@@ -18,6 +18,7 @@ worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -41,12 +42,34 @@ def compile_packed_layers(esm: torch.nn.Module) -> None:
     # it applies to any other torch.compile in the process too, and is left set.
     torch._dynamo.config.specialize_float = True
     options = compile_options()
+    choices = options.get("inductor_choices_class")
     for layer in esm.layers:
-        layer.forward_packed = torch.compile(layer.forward_packed, dynamic=True, options=options)
+        compiled = torch.compile(layer.forward_packed, dynamic=True, options=options)
+        layer.forward_packed = _under_choices(compiled, choices) if choices else compiled
+
+
+def _under_choices(compiled, factory):
+    """`compiled`, called with Inductor's choices from `factory` installed on the calling
+    thread. The compile option alone is not enough: Inductor makes its choices object once
+    per thread, on first use, and keeps it, so a thread that compiled anything before would
+    compile these layers with its old choices, and the compile cache would store that kernel
+    under these choices' key. Installing them around every call also covers a recompile on
+    whatever thread it happens (a few microseconds a call)."""
+    from torch._inductor.virtualized import V
+
+    choices = factory()
+
+    @functools.wraps(compiled)
+    def call(*args, **kwargs):
+        with V.set_choices_handler(choices):
+            return compiled(*args, **kwargs)
+    return call
 
 
 # Rows (reduction lengths) up to this many elements are reduced in one pass.
 WHOLE_ROW_UP_TO = 4096
+# Raised whenever WholeRowChoices decides differently: it is part of the compile cache's key.
+_CHOICES_VERSION = 1
 
 
 def compile_options() -> dict:
@@ -56,8 +79,10 @@ def compile_options() -> dict:
 
     options = {}
     if hasattr(torch._inductor.config, "inductor_choices_class"):
-        # Part of the compile cache's key: a kernel cached under other choices is not reused.
-        options["inductor_choices_class"] = whole_row_choices
+        # Part of the compile cache's key, so a kernel cached under other choices is not
+        # reused: through uuid() where PyTorch calls the factory for the key (2.13), through
+        # the pickled partial's arguments where it pickles the factory (2.11).
+        options["inductor_choices_class"] = functools.partial(whole_row_choices, WHOLE_ROW_UP_TO, _CHOICES_VERSION)
     if hasattr(torch._inductor.config, "deterministic"):
         return {"deterministic": True, **options}
     log.warning("this PyTorch (%s) has no deterministic mode for torch.compile: results may "
@@ -65,11 +90,12 @@ def compile_options() -> dict:
     return options
 
 
-def whole_row_choices():
-    """Inductor's heuristics, but rows of up to WHOLE_ROW_UP_TO elements reduced in one pass.
+def whole_row_choices(up_to: int = WHOLE_ROW_UP_TO, version: int = _CHOICES_VERSION):
+    """Inductor's heuristics, but rows of up to `up_to` elements reduced in one pass.
 
     A factory, as torch._inductor.config.inductor_choices_class takes one: the class is made
     here so that importing this module does not import Inductor (start-up's critical path)."""
+    import torch._inductor.config
     from torch._inductor.choices import InductorChoices
     from torch._inductor.runtime.hints import ReductionHint
     from torch._inductor.virtualized import V
@@ -78,24 +104,15 @@ def whole_row_choices():
         @staticmethod
         def should_use_persistent_reduction(features, cooperative_reduction):
             # INNER: a reduction along contiguous rows, as LayerNorm's over the embedding.
-            if not cooperative_reduction and features.get_reduction_hint() == ReductionHint.INNER:
-                return V.graph.sizevars.statically_known_leq(features.reduction_numel, WHOLE_ROW_UP_TO)
+            if (torch._inductor.config.triton.persistent_reductions and not cooperative_reduction
+                    and features.get_reduction_hint() == ReductionHint.INNER):
+                return V.graph.sizevars.statically_known_leq(features.reduction_numel, up_to)
             return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
 
         def uuid(self) -> str:  # the compile cache's key for these choices
-            return f"virnucpro-whole-row-{WHOLE_ROW_UP_TO}-v1"
+            return f"virnucpro-whole-row-{up_to}-v{version}"
 
     return WholeRowChoices()
-
-
-def compiling_context():
-    """Where the compiled layers' first call (the compile itself) must run: with these
-    choices installed on the calling thread. Inductor takes its choices from a per-thread
-    handler made once per thread, so an earlier compile on the same thread would otherwise
-    leave its own in place."""
-    from torch._inductor.virtualized import V
-
-    return V.set_choices_handler(whole_row_choices())
 
 
 def uncompile_packed_layers(esm: torch.nn.Module) -> None:

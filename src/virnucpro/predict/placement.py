@@ -28,7 +28,7 @@ from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.esm2 import ESM2, standard_inv_freq
 from virnucpro.models.protein_alphabet import encode_proteins
 from virnucpro.predict.budget import MIN_GPU_BATCH_TOKENS, batch_tokens_for
-from virnucpro.predict.compile import compile_packed_layers, compiling_context, warm_up_frames
+from virnucpro.predict.compile import compile_packed_layers, warm_up_frames
 from virnucpro.predict.fp8 import check_fp8_device, fp8_linears
 from virnucpro.predict.packing import pack_proteins
 from virnucpro.predict.precision import Precision
@@ -186,11 +186,10 @@ def _compile_and_warm_up_esm(esm: ESM2) -> None:
     models/packed_attention.py): every kernel of the packed path then exists, for any batch."""
     compile_packed_layers(esm)
     proteins = sorted((f.aa for f in warm_up_frames()), key=len)
-    with compiling_context():
-        for batch in (proteins, proteins[:-1]):
-            packed = pack_proteins(*encode_proteins(batch))
-            with torch.inference_mode():  # as FramePredictor.run calls it: the same compiled graph
-                esm.pooled_packed(packed.to(esm.embed_tokens.weight.device))
+    for batch in (proteins, proteins[:-1]):
+        packed = pack_proteins(*encode_proteins(batch))
+        with torch.inference_mode():  # as FramePredictor.run calls it: the same compiled graph
+            esm.pooled_packed(packed.to(esm.embed_tokens.weight.device))
 
 
 def _empty_module(architecture: dict, device: torch.device, dtype: torch.dtype) -> ESM2:
