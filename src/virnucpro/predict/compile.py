@@ -83,6 +83,12 @@ def compile_options() -> dict:
         # reused: through uuid() where PyTorch calls the factory for the key (2.13), through
         # the pickled partial's arguments where it pickles the factory (2.11).
         options["inductor_choices_class"] = functools.partial(whole_row_choices, WHOLE_ROW_UP_TO, _CHOICES_VERSION)
+    if hasattr(torch._inductor.config.triton, "autotune_pointwise"):
+        # Pointwise kernels (GELU, rotary, adds) with Inductor's first launch configuration,
+        # not the faster of two by timing: the timing runs at start-up, beside the weights'
+        # copy to the same GPU, and picked the slower one in some compiles (GELU 60 instead
+        # of 42 ms a batch on an H200). Results do not depend on it; speed then does not either.
+        options["triton.autotune_pointwise"] = False
     if hasattr(torch._inductor.config, "deterministic"):
         return {"deterministic": True, **options}
     log.warning("this PyTorch (%s) has no deterministic mode for torch.compile: results may "
