@@ -42,22 +42,21 @@ def compile_packed_layers(esm: torch.nn.Module) -> None:
     # it applies to any other torch.compile in the process too, and is left set.
     torch._dynamo.config.specialize_float = True
     options = compile_options()
-    choices = options.get("inductor_choices_class")
+    factory = options.get("inductor_choices_class")
+    choices = factory() if factory else None  # one object for every layer
     for layer in esm.layers:
         compiled = torch.compile(layer.forward_packed, dynamic=True, options=options)
         layer.forward_packed = _under_choices(compiled, choices) if choices else compiled
 
 
-def _under_choices(compiled, factory):
-    """`compiled`, called with Inductor's choices from `factory` installed on the calling
-    thread. The compile option alone is not enough: Inductor makes its choices object once
-    per thread, on first use, and keeps it, so a thread that compiled anything before would
-    compile these layers with its old choices, and the compile cache would store that kernel
-    under these choices' key. Installing them around every call also covers a recompile on
-    whatever thread it happens (a few microseconds a call)."""
+def _under_choices(compiled, choices):
+    """`compiled`, called with Inductor's `choices` installed on the calling thread. The
+    compile option alone is not enough: Inductor makes its choices object once per thread,
+    on first use, and keeps it, so a thread that compiled anything before would compile these
+    layers with its old choices, and the compile cache would store that kernel under these
+    choices' key. Installing them around every call also covers a recompile on whatever
+    thread it happens (a few microseconds a call)."""
     from torch._inductor.virtualized import V
-
-    choices = factory()
 
     @functools.wraps(compiled)
     def call(*args, **kwargs):
