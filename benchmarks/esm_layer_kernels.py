@@ -25,6 +25,9 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
   two_layers_persistent  both
   aten_gelu         base with GELU as PyTorch's own kernel (an opaque custom op, so Inductor
                     does not generate its own pointwise kernel for it)
+  fused_fc1_gelu    persistent_layer_norm with fc1 and its GELU as one Triton kernel
+                    (models/linear_gelu.py), as the pipeline runs on a GPU it has a
+                    configuration for
 Each: ms per call (CUDA events, median of 20), the share of the bf16 matrix rate measured in
 the same run (GEMM + attention FLOPs), the cosine / max relative error against the fp32
 eager layer, and its CUDA kernels by time (torch.profiler, one call).
@@ -259,6 +262,12 @@ def aten_gelu(layer: TransformerLayer):
     return forward
 
 
+def fused_fc1_gelu(layer: TransformerLayer):
+    """The layer as shipped on a GPU with the fused kernel: fc1 and GELU in one kernel."""
+    layer.fused_fc1_gelu = True
+    return layer.forward_packed
+
+
 def two_layers(layer: TransformerLayer):
     """The same layer twice in one graph: the add that ends the first fuses into the second's
     LayerNorm, as it would if the compiled unit spanned layer boundaries."""
@@ -284,6 +293,7 @@ LAYER_VARIANTS = {
     "two_layers": (two_layers, 2, default_choices),
     "two_layers_persistent": (two_layers, 2, persistent_reductions),
     "aten_gelu": (aten_gelu, 1, persistent_reductions),
+    "fused_fc1_gelu": (fused_fc1_gelu, 1, persistent_reductions),
 }
 
 

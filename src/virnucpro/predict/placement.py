@@ -26,6 +26,7 @@ import torch
 from virnucpro.engine.background import in_background, quick_thread_switching
 from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.esm2 import ESM2, standard_inv_freq
+from virnucpro.models.linear_gelu import fused_applies
 from virnucpro.models.protein_alphabet import encode_proteins
 from virnucpro.predict.budget import MIN_GPU_BATCH_TOKENS, batch_tokens_for
 from virnucpro.predict.compile import compile_packed_layers, warm_up_frames
@@ -126,6 +127,8 @@ class EsmOnDevice:
         self.module = _empty_module(architecture, device, dtype)
         self.quantised = ({prefix: new for prefix, _, new in fp8_linears(self.module, fp8_keep)}
                           if fp8_keep is not None else {})
+        if fp8_keep is None:  # fp8's fc1 is its own kind of layer
+            _fuse_fc1_gelu(self.module, device, dtype)
         self.settings = (dtype, beside is not None, fp8_keep)  # checked by place_predictor
         self.compile_seconds: float | None = None
         self._done = (in_background(lambda: _timed(beside, self.module), "compile-while-loading")
@@ -190,6 +193,14 @@ def _compile_and_warm_up_esm(esm: ESM2) -> None:
         packed = pack_proteins(*encode_proteins(batch))
         with torch.inference_mode():  # as FramePredictor.run calls it: the same compiled graph
             esm.pooled_packed(packed.to(esm.embed_tokens.weight.device))
+
+
+def _fuse_fc1_gelu(esm: ESM2, device: torch.device, dtype: torch.dtype) -> None:
+    """fc1 and its GELU as one kernel in every layer, where the fused kernel applies."""
+    fc1 = esm.layers[0].fc1
+    if fused_applies(device, dtype, fc1.in_features, fc1.out_features):
+        for layer in esm.layers:
+            layer.fused_fc1_gelu = True
 
 
 def _empty_module(architecture: dict, device: torch.device, dtype: torch.dtype) -> ESM2:

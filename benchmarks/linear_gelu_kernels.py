@@ -1,0 +1,139 @@
+"""ESM-2 3B's fc1 + GELU: the shipped unfused path against the fused Triton kernel
+(virnucpro.models.linear_gelu) over a sweep of launch configurations, side by side in one run
+with the bf16 matrix-rate probe.
+
+    python benchmarks/linear_gelu_kernels.py --out linear_gelu.json [--inductor-autotune]
+
+Rows (x [M, 2560] bf16 packed tokens, W [10240, 2560], M = a batch's tokens):
+  cublas_linear          F.linear alone: cuBLAS, the GEMM's own time (the floor for fusing)
+  cublas_then_gelu       F.gelu(F.linear(...)) compiled as the pipeline compiles it: cuBLAS,
+                         then Inductor's pointwise erf GELU (what ships without the fused op)
+  triton_<config>        the fused kernel, one row per launch configuration
+  triton_<best>_no_gelu  the best configuration without the GELU (what the epilogue costs)
+  inductor_max_autotune  (--inductor-autotune) Inductor's own Triton GEMM templates with the
+                         GELU fused, chosen by timing (not usable as shipped: timing at start-up
+                         would let workers pick different kernels)
+Each: median ms (CUDA events), TFLOP/s of the GEMM, share of the probe, and the error against
+fp32 (gelu(x W^T + b) in fp32 on the same bf16 inputs): max |diff| and worst-row cosine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_engine  # noqa: E402
+from esm_layer_kernels import time_ms  # noqa: E402
+
+from virnucpro.models import linear_gelu, linear_gelu_kernel  # noqa: E402
+from virnucpro.predict.compile import compile_options  # noqa: E402
+
+K, N = 2560, 10240
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages, persistent)
+SWEEP = [
+    (128, 256, 64, 8, 8, 3, False),
+    (128, 256, 64, 8, 8, 4, False),
+    (256, 128, 64, 8, 8, 3, False),
+    (128, 128, 64, 8, 4, 4, False),
+    (128, 128, 64, 8, 8, 5, False),
+    (128, 256, 32, 8, 8, 5, False),
+    (128, 128, 128, 8, 8, 3, False),
+    (64, 256, 64, 8, 4, 4, False),
+    (128, 256, 64, 8, 8, 3, True),
+    (128, 128, 64, 8, 8, 4, True),
+    (256, 128, 64, 8, 8, 3, True),
+]
+
+
+def config_of(row: tuple) -> dict:
+    bm, bn, bk, gm, warps, stages, persistent = row
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=warps, num_stages=stages,
+                persistent=persistent)
+
+
+def name_of(config: dict) -> str:
+    return ("triton_{BLOCK_M}x{BLOCK_N}x{BLOCK_K}_w{num_warps}_s{num_stages}".format(**config)
+            + ("_persistent" if config["persistent"] else ""))
+
+
+def errors(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    out = out.float()
+    cos = F.cosine_similarity(out, ref, dim=1)
+    return {"max_abs_err_vs_fp32": round(float((out - ref).abs().max()), 5),
+            "min_row_cosine_vs_fp32": round(float(cos.min()), 7)}
+
+
+def measure(fn, ref: torch.Tensor, flops: float, rate: float) -> dict:
+    try:
+        out = fn()
+        torch.cuda.synchronize()
+        ms = time_ms(fn)
+    except Exception as exc:  # noqa: BLE001 - a configuration that does not fit is a result too
+        return {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    tflops = flops / ms / 1e9
+    return {"ms": round(ms, 3), "tflops": round(tflops, 1), "share_of_probe": round(tflops / rate, 3),
+            **errors(out, ref)}
+
+
+def rows_for(m: int, rate: float, inductor_autotune: bool) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(m, K, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(N, K, device="cuda") / K**0.5).to(torch.bfloat16)
+    b = (torch.randn(N, device="cuda") * 0.1).to(torch.bfloat16)
+    ref = F.gelu(x.float() @ w.float().T + b.float())
+    flops = 2.0 * m * K * N
+    unfused = torch.compile(lambda x: F.gelu(F.linear(x, w, b), approximate="none"),
+                            dynamic=True, options=compile_options())
+    rows = {"cublas_linear": measure(lambda: F.linear(x, w, b), F.linear(x.float(), w.float(), b.float()),
+                                     flops, rate),
+            "cublas_then_gelu": measure(lambda: unfused(x), ref, flops, rate)}
+    best = None
+    for row in SWEEP:
+        config = config_of(row)
+        rows[name_of(config)] = result = measure(lambda: linear_gelu_kernel.launch(x, w, b, config=config),
+                                                 ref, flops, rate)
+        if "ms" in result and (best is None or result["ms"] < rows[name_of(best)]["ms"]):
+            best = config
+    if best is not None:
+        rows[name_of(best) + "_no_gelu"] = measure(
+            lambda: linear_gelu_kernel.launch(x, w, b, config=best, gelu=False),
+            F.linear(x.float(), w.float(), b.float()), flops, rate)
+        rows["best"] = name_of(best)
+    shipped = linear_gelu.CONFIGS.get(torch.cuda.get_device_capability()[0])
+    if shipped is not None:
+        rows["shipped_config"] = measure(lambda: torch.ops.virnucpro.linear_gelu(x, w, b), ref, flops, rate)
+    if inductor_autotune:
+        tuned = torch.compile(lambda x: F.gelu(F.linear(x, w, b), approximate="none"), dynamic=False,
+                              mode="max-autotune-no-cudagraphs")
+        rows["inductor_max_autotune"] = measure(lambda: tuned(x), ref, flops, rate)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tokens", default="65520,98304", help="rows M (packed tokens), comma-separated")
+    ap.add_argument("--inductor-autotune", action="store_true")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rate = bench_engine.matmul_rate()
+    result = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
+              "bf16_matrix_rate_tflops": round(rate, 1)}
+    for m in (int(t) for t in args.tokens.split(",")):
+        result[f"M={m}"] = rows_for(m, rate, args.inductor_autotune)
+        print(json.dumps(result[f"M={m}"], indent=1), flush=True)
+    result["bf16_matrix_rate_tflops_after"] = round(bench_engine.matmul_rate(), 1)
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
