@@ -26,8 +26,10 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
   aten_gelu         base with GELU as PyTorch's own kernel (an opaque custom op, so Inductor
                     does not generate its own pointwise kernel for it)
   fused_fc1_gelu    persistent_layer_norm with fc1 and its GELU as one Triton kernel
-                    (models/linear_gelu.py), as the pipeline runs on a GPU it has a
-                    configuration for
+                    (models/linear_gelu.py)
+  fused_rotary_attention  persistent_layer_norm with the rotation and attention as one Triton
+                    kernel (models/rotary_attention.py)
+  fused_both        both fused kernels: the layer as the pipeline runs it on an H200
 Each: ms per call (CUDA events, median of 20), the share of the bf16 matrix rate measured in
 the same run (GEMM + attention FLOPs), the cosine / max relative error against the fp32
 eager layer, and its CUDA kernels by time (torch.profiler, one call).
@@ -262,10 +264,14 @@ def aten_gelu(layer: TransformerLayer):
     return forward
 
 
-def fused_fc1_gelu(layer: TransformerLayer):
-    """The layer as shipped on a GPU with the fused kernel: fc1 and GELU in one kernel."""
-    layer.fused_fc1_gelu = True
-    return layer.forward_packed
+def fused(*kernels: str):
+    """The layer with these of the fused kernels on (as placement turns them on on a GPU
+    with a measured configuration): "fc1_gelu", "rotary_attention"."""
+    def variant(layer: TransformerLayer):
+        layer.fused_fc1_gelu = "fc1_gelu" in kernels
+        layer.self_attn.fused_rotary_attention = "rotary_attention" in kernels
+        return layer.forward_packed
+    return variant
 
 
 def two_layers(layer: TransformerLayer):
@@ -293,7 +299,9 @@ LAYER_VARIANTS = {
     "two_layers": (two_layers, 2, default_choices),
     "two_layers_persistent": (two_layers, 2, persistent_reductions),
     "aten_gelu": (aten_gelu, 1, persistent_reductions),
-    "fused_fc1_gelu": (fused_fc1_gelu, 1, persistent_reductions),
+    "fused_fc1_gelu": (fused("fc1_gelu"), 1, persistent_reductions),
+    "fused_rotary_attention": (fused("rotary_attention"), 1, persistent_reductions),
+    "fused_both": (fused("fc1_gelu", "rotary_attention"), 1, persistent_reductions),
 }
 
 

@@ -13,6 +13,9 @@ Rows (x [M, 2560] bf16 packed tokens, W [10240, 2560], M = a batch's tokens):
   inductor_max_autotune  (--inductor-autotune) Inductor's own Triton GEMM templates with the
                          GELU fused, chosen by timing (not usable as shipped: timing at start-up
                          would let workers pick different kernels)
+With --fc2, the same for fc2 plus the residual add (x + h W2^T + b2, K = 10240, N = 2560):
+  cublas_then_add        F.linear, then the add (compiled): what ships
+  residual_triton_<config> the kernel with the residual added in its epilogue
 Each: median ms (CUDA events), TFLOP/s of the GEMM, share of the probe, and the error against
 fp32 (gelu(x W^T + b) in fp32 on the same bf16 inputs): max |diff| and worst-row cosine.
 """
@@ -84,10 +87,8 @@ def measure(fn, ref: torch.Tensor, flops: float, rate: float) -> dict:
 
 
 def rows_for(m: int, rate: float, inductor_autotune: bool) -> dict:
-    torch.manual_seed(0)
-    x = torch.randn(m, K, device="cuda", dtype=torch.bfloat16)
-    w = (torch.randn(N, K, device="cuda") / K**0.5).to(torch.bfloat16)
-    b = (torch.randn(N, device="cuda") * 0.1).to(torch.bfloat16)
+    """fc1 + GELU at M rows: the unfused path, the sweep, the best without GELU."""
+    x, w, b = inputs(m, K, N)
     ref = F.gelu(x.float() @ w.float().T + b.float())
     flops = 2.0 * m * K * N
     unfused = torch.compile(lambda x: F.gelu(F.linear(x, w, b), approximate="none"),
@@ -95,18 +96,11 @@ def rows_for(m: int, rate: float, inductor_autotune: bool) -> dict:
     rows = {"cublas_linear": measure(lambda: F.linear(x, w, b), F.linear(x.float(), w.float(), b.float()),
                                      flops, rate),
             "cublas_then_gelu": measure(lambda: unfused(x), ref, flops, rate)}
-    best = None
-    for row in SWEEP:
-        config = config_of(row)
-        rows[name_of(config)] = result = measure(lambda: linear_gelu_kernel.launch(x, w, b, config=config),
-                                                 ref, flops, rate)
-        if "ms" in result and (best is None or result["ms"] < rows[name_of(best)]["ms"]):
-            best = config
+    best = sweep(rows, lambda config: linear_gelu_kernel.launch(x, w, b, config=config), ref, flops, rate)
     if best is not None:
         rows[name_of(best) + "_no_gelu"] = measure(
             lambda: linear_gelu_kernel.launch(x, w, b, config=best, gelu=False),
             F.linear(x.float(), w.float(), b.float()), flops, rate)
-        rows["best"] = name_of(best)
     shipped = linear_gelu.CONFIGS.get(torch.cuda.get_device_capability()[0])
     if shipped is not None:
         rows["shipped_config"] = measure(lambda: torch.ops.virnucpro.linear_gelu(x, w, b), ref, flops, rate)
@@ -117,11 +111,48 @@ def rows_for(m: int, rate: float, inductor_autotune: bool) -> dict:
     return rows
 
 
+def fc2_rows_for(m: int, rate: float) -> dict:
+    """fc2 with the residual add (x + h W2^T + b2) at M rows: unfused against the kernel with
+    the residual in its epilogue."""
+    h, w, b = inputs(m, N, K)
+    residual = torch.randn(m, K, device="cuda", dtype=torch.bfloat16)
+    ref = h.float() @ w.float().T + b.float() + residual.float()
+    flops = 2.0 * m * K * N
+    unfused = torch.compile(lambda h, r: r + F.linear(h, w, b), dynamic=True, options=compile_options())
+    rows = {"cublas_linear": measure(lambda: F.linear(h, w, b), ref - residual.float(), flops, rate),
+            "cublas_then_add": measure(lambda: unfused(h, residual), ref, flops, rate)}
+    sweep(rows, lambda config: linear_gelu_kernel.launch(h, w, b, gelu=False, residual=residual, config=config),
+          ref, flops, rate, prefix="residual_")
+    return rows
+
+
+def inputs(m: int, k: int, n: int):
+    torch.manual_seed(0)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(n, k, device="cuda") / k**0.5).to(torch.bfloat16)
+    b = (torch.randn(n, device="cuda") * 0.1).to(torch.bfloat16)
+    return x, w, b
+
+
+def sweep(rows: dict, run, ref: torch.Tensor, flops: float, rate: float, prefix: str = "") -> dict | None:
+    """One row per configuration of SWEEP; the fastest configuration (also named in rows)."""
+    best = None
+    for row in SWEEP:
+        config = config_of(row)
+        rows[prefix + name_of(config)] = result = measure(lambda: run(config), ref, flops, rate)
+        if "ms" in result and (best is None or result["ms"] < rows[prefix + name_of(best)]["ms"]):
+            best = config
+    if best is not None:
+        rows[prefix + "best"] = name_of(best)
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tokens", default="65520,98304", help="rows M (packed tokens), comma-separated")
     ap.add_argument("--inductor-autotune", action="store_true")
+    ap.add_argument("--fc2", action="store_true", help="also fc2 with the residual add in the epilogue")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     rate = bench_engine.matmul_rate()
@@ -130,7 +161,10 @@ def main() -> None:
               "bf16_matrix_rate_tflops": round(rate, 1)}
     for m in (int(t) for t in args.tokens.split(",")):
         result[f"M={m}"] = rows_for(m, rate, args.inductor_autotune)
-        print(json.dumps(result[f"M={m}"], indent=1), flush=True)
+        print(json.dumps(result[f"M={m}"]), flush=True)
+        if args.fc2:
+            result[f"fc2 M={m}"] = fc2_rows_for(m, rate)
+            print(json.dumps(result[f"fc2 M={m}"]), flush=True)
     result["bf16_matrix_rate_tflops_after"] = round(bench_engine.matmul_rate(), 1)
     args.out.write_text(json.dumps(result, indent=1))
 

@@ -131,8 +131,12 @@ def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: 
         from virnucpro.models.packed_attention import packed_attention
 
         return packed_attention(q, k, v, batch.cu_seqlens, batch.max_len)
+    return attention_one_by_one(q, k, v, batch.cu_seqlens_host)
+
+
+def attention_one_by_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds) -> torch.Tensor:
+    """Each packed protein through SDPA on its own; q, k, v [N, H, hd]; bounds its offsets."""
     out = torch.empty_like(q)
-    bounds = batch.cu_seqlens_host
     for start, end in zip(bounds[:-1], bounds[1:]):
         seg = [t[start:end].transpose(0, 1) for t in (q, k, v)]  # each [H, L, hd]
         out[start:end] = F.scaled_dot_product_attention(*seg, scale=1.0).transpose(0, 1)
@@ -144,6 +148,10 @@ CosSin = tuple[torch.Tensor, torch.Tensor]
 
 
 class SelfAttention(nn.Module):
+    # Rotation and attention of the packed path as one fused GPU kernel
+    # (models/rotary_attention.py); set per module by the code that places it on a GPU.
+    fused_rotary_attention = False
+
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -175,6 +183,11 @@ class SelfAttention(nn.Module):
         tokens, embed_dim = x.shape
         cos, sin = cos_sin
         qkv = self.qkv_proj(x).view(tokens, 3, self.num_heads, self.head_dim)  # [N, 3, H, hd]
+        if self.fused_rotary_attention:
+            from virnucpro.models.rotary_attention import rotary_attention
+
+            out = rotary_attention(qkv, cos, sin, batch.cu_seqlens, batch.max_len, self.scaling)
+            return self.out_proj(out.reshape(tokens, embed_dim))
         q, k, v = qkv.unbind(1)  # each [N, H, hd]
         q = q * self.scaling
         q = _apply_rotary(q, cos[:, None, :], sin[:, None, :])

@@ -10,12 +10,10 @@ is, if anything, closer to fp32.
 
 Its launch configuration is fixed per GPU generation, never chosen by timing at start-up:
 every worker runs the same kernel, so a frame's numbers do not depend on which GPU, or how
-many, ran it. VIRNUCPRO_FUSED_GELU=0 turns the fused kernel off (the unfused path returns).
+many, ran it. Where it applies is decided where the model is placed (predict/placement.py).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +24,6 @@ import torch.nn.functional as F
 CONFIGS = {
     9: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
 }
-
-
-def fused_applies(device: torch.device, dtype: torch.dtype, in_features: int, out_features: int) -> bool:
-    """Whether ESM-2's fc1 + GELU on `device` in `dtype` runs as the fused kernel: a CUDA GPU
-    of a generation with a measured configuration, half precision, rows 16-byte aligned (TMA),
-    and the user has not turned it off."""
-    return (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-            and os.environ.get("VIRNUCPRO_FUSED_GELU", "1") != "0"
-            and torch.cuda.get_device_capability(device)[0] in CONFIGS
-            and in_features % 8 == 0 and out_features % 8 == 0)
 
 
 @torch.library.custom_op("virnucpro::linear_gelu", mutates_args=())

@@ -32,9 +32,11 @@ def _tile_of(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _tile(a_desc, w_desc, out_desc, bias_ptr, off_m, off_n, N: tl.constexpr, K: tl.constexpr,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GELU: tl.constexpr):
-    """One output tile: the K loop, then bias and GELU on the fp32 accumulator, one rounding."""
+def _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, off_m, off_n, N: tl.constexpr, K: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GELU: tl.constexpr,
+          RESIDUAL: tl.constexpr):
+    """One output tile: the K loop, then bias, and GELU or the residual, on the fp32
+    accumulator; one rounding."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         a = a_desc.load([off_m, k])  # [BLOCK_M, BLOCK_K]
@@ -45,36 +47,41 @@ def _tile(a_desc, w_desc, out_desc, bias_ptr, off_m, off_n, N: tl.constexpr, K: 
     if GELU:
         # The exact GELU, as torch's F.gelu(approximate="none"): x/2 (1 + erf(x / sqrt 2)).
         acc = acc * 0.5 * (1.0 + tl.erf(acc * 0.7071067811865476))
+    if RESIDUAL:
+        acc += res_desc.load([off_m, off_n]).to(tl.float32)
     out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
 
 
 @triton.jit
-def _linear_gelu_kernel(a_desc, w_desc, out_desc, bias_ptr, M, N: tl.constexpr, K: tl.constexpr,
+def _linear_gelu_kernel(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: tl.constexpr, K: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        GROUP_M: tl.constexpr, GELU: tl.constexpr):
+                        GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr):
     """One program per output tile."""
     pid_m, pid_n = _tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-    _tile(a_desc, w_desc, out_desc, bias_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, N, K,
-          BLOCK_M, BLOCK_N, BLOCK_K, GELU)
+    _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, N, K,
+          BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL)
 
 
 @triton.jit
-def _linear_gelu_persistent(a_desc, w_desc, out_desc, bias_ptr, M, N: tl.constexpr, K: tl.constexpr,
+def _linear_gelu_persistent(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: tl.constexpr, K: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                            GROUP_M: tl.constexpr, GELU: tl.constexpr, PROGRAMS: tl.constexpr):
+                            GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr,
+                            PROGRAMS: tl.constexpr):
     """One program per multiprocessor, walking the tiles: a tile's epilogue can overlap the
     next tile's first loads."""
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), num_pid_m * num_pid_n, PROGRAMS, flatten=True):
         pid_m, pid_n = _tile_of(tile, num_pid_m, num_pid_n, GROUP_M)
-        _tile(a_desc, w_desc, out_desc, bias_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, N, K,
-              BLOCK_M, BLOCK_N, BLOCK_K, GELU)
+        _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, N, K,
+              BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL)
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, gelu: bool = True,
-           config: dict | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """gelu(x @ weight^T + bias) (or without the GELU), x [M, K], weight [N, K], bias [N]."""
+           residual: torch.Tensor | None = None, config: dict | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """gelu(x @ weight^T + bias) (or without the GELU), plus `residual` [M, N] if given;
+    x [M, K], weight [N, K], bias [N]."""
     if config is None:
         config = CONFIGS[torch.cuda.get_device_capability(x.device)[0]]
     x, weight = x.contiguous(), weight.contiguous()
@@ -84,9 +91,12 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, gelu: b
         out = x.new_empty(m, n)
     bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    out_desc = TensorDescriptor.from_tensor(out, [bm, bn])
+    res_desc = out_desc if residual is None else TensorDescriptor.from_tensor(residual.contiguous(), [bm, bn])
     args = (TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(weight, [bn, bk]),
-            TensorDescriptor.from_tensor(out, [bm, bn]), bias, m, n, k)
+            out_desc, bias, res_desc, m, n, k)
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config["GROUP_M"], GELU=gelu,
+                RESIDUAL=residual is not None,
                 num_warps=config["num_warps"], num_stages=config["num_stages"])
     if config.get("persistent"):
         programs = min(tiles, _multiprocessors(x.device))

@@ -17,6 +17,7 @@ unless asked), so the values copied in afterwards are the ones it computes with.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch
 from virnucpro.engine.background import in_background, quick_thread_switching
 from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.esm2 import ESM2, standard_inv_freq
-from virnucpro.models.linear_gelu import fused_applies
+from virnucpro.models.linear_gelu import CONFIGS as FUSED_GELU_CONFIGS
 from virnucpro.models.protein_alphabet import encode_proteins
 from virnucpro.predict.budget import MIN_GPU_BATCH_TOKENS, batch_tokens_for
 from virnucpro.predict.compile import compile_packed_layers, warm_up_frames
@@ -127,8 +128,8 @@ class EsmOnDevice:
         self.module = _empty_module(architecture, device, dtype)
         self.quantised = ({prefix: new for prefix, _, new in fp8_linears(self.module, fp8_keep)}
                           if fp8_keep is not None else {})
-        if fp8_keep is None:  # fp8's fc1 is its own kind of layer
-            _fuse_fc1_gelu(self.module, device, dtype)
+        if fp8_keep is None:  # fp8's linear layers are their own kind
+            _use_fused_kernels(self.module, device, dtype)
         self.settings = (dtype, beside is not None, fp8_keep)  # checked by place_predictor
         self.compile_seconds: float | None = None
         self._done = (in_background(lambda: _timed(beside, self.module), "compile-while-loading")
@@ -195,12 +196,40 @@ def _compile_and_warm_up_esm(esm: ESM2) -> None:
             esm.pooled_packed(packed.to(esm.embed_tokens.weight.device))
 
 
-def _fuse_fc1_gelu(esm: ESM2, device: torch.device, dtype: torch.dtype) -> None:
-    """fc1 and its GELU as one kernel in every layer, where the fused kernel applies."""
-    fc1 = esm.layers[0].fc1
-    if fused_applies(device, dtype, fc1.in_features, fc1.out_features):
-        for layer in esm.layers:
-            layer.fused_fc1_gelu = True
+# ESM-2's fused GPU kernels, by name (VIRNUCPRO_FUSED_KERNELS picks: "0" none, or a
+# comma-separated list; all by default): fc1 + GELU (models/linear_gelu.py), and the
+# rotation + attention of the packed path (models/rotary_attention.py).
+FUSED_KERNELS = ("fc1_gelu", "rotary_attention")
+
+
+def fused_kernels(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
+    """The fused kernels ESM-2 runs on `device` in `dtype`: on a CUDA GPU of a generation
+    they were measured on (a launch configuration exists), in half precision, those the user
+    has not turned off. A frame's numbers then depend only on the GPU's generation."""
+    if not (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+            and torch.cuda.get_device_capability(device)[0] in FUSED_GELU_CONFIGS):
+        return ()
+    chosen = os.environ.get("VIRNUCPRO_FUSED_KERNELS", ",".join(FUSED_KERNELS)).strip()
+    if chosen in ("0", ""):
+        return ()
+    names = tuple(name.strip() for name in chosen.split(","))
+    if unknown := set(names) - set(FUSED_KERNELS) - {"1"}:
+        raise ValueError(f"VIRNUCPRO_FUSED_KERNELS: unknown kernel(s) {sorted(unknown)}; "
+                         f"known: {', '.join(FUSED_KERNELS)}, or 0 for none")
+    return FUSED_KERNELS if "1" in names else names
+
+
+def _use_fused_kernels(esm: ESM2, device: torch.device, dtype: torch.dtype) -> None:
+    """Turn ESM-2's fused kernels on in every layer, where they apply: shapes the kernels take
+    (rows 16-byte aligned for TMA; heads a power of two of at least 32 elements)."""
+    chosen = fused_kernels(device, dtype)
+    for layer in esm.layers:
+        fc1, attention = layer.fc1, layer.self_attn
+        layer.fused_fc1_gelu = ("fc1_gelu" in chosen and fc1.in_features % 8 == 0
+                                and fc1.out_features % 8 == 0)
+        head = attention.head_dim
+        attention.fused_rotary_attention = ("rotary_attention" in chosen and head >= 32
+                                            and head & (head - 1) == 0)
 
 
 def _empty_module(architecture: dict, device: torch.device, dtype: torch.dtype) -> ESM2:

@@ -1,0 +1,51 @@
+"""ESM-2's attention over packed proteins with the rotary embedding applied inside the kernel:
+one op from the qkv projection's output to the attention's, in place of a pointwise kernel
+that scales and rotates q and k (writing them out) and PyTorch's varlen attention reading them
+back.
+
+Measured on an H200 in one batch of reads (65,520 tokens, 36 layers): attention 6.3 % and the
+rotation about 2 % of the batch's CUDA time (benchmarks/RESULTS.md). The proteins are short
+(~52 tokens from 150 bp reads, 168 from 500 bp contig chunks), so most of that time is memory
+traffic and mostly-empty tiles, not arithmetic. The kernel (models/rotary_attention_kernel.py)
+reads q, k and v once from the projection's output, rotates in fp32 as the model does, and
+computes exact softmax attention in fp32 with blocks of 64 queries and keys.
+
+Off the GPU (tests, CPU runs) the op is the unfused arithmetic: rotation, then each protein's
+own SDPA. Where the fused op is used is decided where the model is placed
+(predict/placement.py), by the same rule as the fused fc1 + GELU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Tiles: queries and keys per block, warps. Measured on an H200 (benchmarks/esm_layer_kernels.py).
+BLOCK_M, BLOCK_N, WARPS = 64, 64, 4
+
+
+@torch.library.custom_op("virnucpro::rotary_attention", mutates_args=())
+def rotary_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_len: int, scale: float) -> torch.Tensor:
+    """softmax(rot(q * scale) rot(k)^T) v within each protein; qkv [N, 3, H, hd] the
+    projection's output, cos and sin [N, hd] fp32 at each token's own position, cu_seqlens
+    [B+1] int32 offsets, max_len the longest protein; returns [N, H, hd] in qkv's dtype."""
+    if qkv.is_cuda:
+        from virnucpro.models.rotary_attention_kernel import launch
+
+        return launch(qkv, cos, sin, cu_seqlens, max_len, scale, block_m=BLOCK_M, block_n=BLOCK_N,
+                      num_warps=WARPS)
+    return _unfused(qkv, cos, sin, cu_seqlens, scale)
+
+
+@rotary_attention.register_fake
+def _(qkv, cos, sin, cu_seqlens, max_len, scale):
+    return qkv.new_empty(qkv.shape[0], qkv.shape[2], qkv.shape[3])
+
+
+def _unfused(qkv, cos, sin, cu_seqlens, scale):
+    from virnucpro.models.esm2 import _apply_rotary, attention_one_by_one
+
+    q, k, v = qkv.unbind(1)  # each [N, H, hd]
+    q = _apply_rotary(q * scale, cos[:, None, :], sin[:, None, :])
+    k = _apply_rotary(k, cos[:, None, :], sin[:, None, :])
+    return attention_one_by_one(q, k, v, cu_seqlens.tolist())

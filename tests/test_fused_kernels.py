@@ -1,0 +1,322 @@
+"""ESM-2's fused GPU kernels: fc1 + GELU (models/linear_gelu.py) and rotation + attention of
+the packed path (models/rotary_attention.py). Where they apply; that a layer computes the same
+function through them (their CPU implementations are the unfused arithmetic); the Triton
+kernels' tiling and edges in Triton's CPU interpreter where Triton is installed; and, on the
+GPU, that they match fp32 within the roundings the unfused path has too, are deterministic,
+and give a row (a protein) the same bits whatever else is in its batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from virnucpro.models import demo, linear_gelu, rotary_attention
+from virnucpro.models.esm2 import RotaryEmbedding, SelfAttention, TransformerLayer, _apply_rotary
+from virnucpro.models.packed_attention import packed_attention
+from virnucpro.predict import placement
+from virnucpro.predict.placement import FUSED_KERNELS, fused_kernels
+
+CUDA = torch.device("cuda", 0)
+
+
+def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_off(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.delenv("VIRNUCPRO_FUSED_KERNELS", raising=False)
+    assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("fc1_gelu", "rotary_attention")
+    assert fused_kernels(CUDA, torch.float16) == FUSED_KERNELS
+    assert fused_kernels(torch.device("cpu"), torch.bfloat16) == ()
+    assert fused_kernels(CUDA, torch.float32) == ()  # the fp32 reference path
+    for value, expected in [("0", ()), ("1", FUSED_KERNELS), ("fc1_gelu", ("fc1_gelu",)),
+                            (" rotary_attention ", ("rotary_attention",))]:
+        monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", value)  # the user's switch
+        assert fused_kernels(CUDA, torch.bfloat16) == expected, value
+    monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", "fc1_gelu,flash")
+    with pytest.raises(ValueError, match="unknown kernel.*flash"):
+        fused_kernels(CUDA, torch.bfloat16)
+    monkeypatch.delenv("VIRNUCPRO_FUSED_KERNELS")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert fused_kernels(CUDA, torch.bfloat16) == ()  # no measured configuration
+
+
+def test_placing_esm_turns_the_fused_kernels_on_where_they_apply(monkeypatch):
+    def flags(module):
+        return [(layer.fused_fc1_gelu, layer.self_attn.fused_rotary_attention) for layer in module.layers]
+
+    arch = dict(num_layers=2, embed_dim=128, attention_heads=4)  # heads of 32
+    cpu = torch.device("cpu")
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, False)] * 2
+    monkeypatch.setattr(placement, "fused_kernels", lambda *args: FUSED_KERNELS)
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(True, True)] * 2
+    # heads of 16 (the demo model's): too narrow for the attention kernel's products
+    assert flags(placement.EsmOnDevice(demo.demo_esm().architecture, cpu, torch.float32).module) == [(True, False)] * 2
+    # heads of 24 (ESM-2 35M's): not a power of two
+    assert flags(placement.EsmOnDevice(dict(num_layers=1, embed_dim=480, attention_heads=20), cpu,
+                                       torch.float32).module) == [(True, False)]
+    # fp8's linear layers are their own kind: the bf16 kernels must not take their place
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module) == [(False, False)] * 2
+    monkeypatch.setattr(placement, "fused_kernels", lambda *args: ("rotary_attention",))
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, True)] * 2
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_layer_through_the_fused_fc1_gelu_op_computes_the_same_function(packed):
+    """The op's CPU implementation is the unfused arithmetic, so the output must not change by
+    a bit when the flag routes fc1 + GELU through the op: this pins the wiring (the rows the op
+    sees, the shape handed to fc2) for packed [N, D] and padded [B, T, D]."""
+    torch.manual_seed(0)
+    layer = TransformerLayer(64, 4).eval()
+    x = torch.randn(*((37, 64) if packed else (3, 11, 64)))
+    with torch.no_grad():
+        expected = layer._feed_forward(x)
+        layer.fused_fc1_gelu = True
+        got = layer._feed_forward(x)
+    assert torch.equal(got, expected)
+
+
+def _packed_inputs(lengths, embed_dim=128, heads=4, seed=0):
+    from virnucpro.models.protein_alphabet import encode_proteins
+    from virnucpro.predict.packing import pack_proteins
+
+    rng = np.random.default_rng(seed)
+    proteins = ["".join(rng.choice(list("LAGVSERTIDPKQNFYMHWC"), n - 2)) for n in lengths]
+    batch = pack_proteins(*encode_proteins(proteins))
+    rotary = RotaryEmbedding(embed_dim // heads)
+    x = torch.from_numpy(rng.standard_normal((batch.tokens.shape[0], embed_dim), dtype=np.float32))
+    return batch, rotary.packed_cos_sin(batch), x
+
+
+def test_attention_through_the_fused_rotary_attention_op_computes_the_same_function():
+    """As above, for the packed attention: same bits with the flag on (the op's CPU arithmetic
+    is the model's own rotation and per-protein SDPA)."""
+    torch.manual_seed(1)
+    attention = SelfAttention(128, 4).eval()
+    batch, cos_sin, x = _packed_inputs([5, 52, 3, 130, 64])
+    with torch.no_grad():
+        expected = attention.forward_packed(x, batch, cos_sin)
+        attention.fused_rotary_attention = True
+        got = attention.forward_packed(x, batch, cos_sin)
+    assert torch.equal(got, expected)
+
+
+def test_compiled_layer_calls_each_fused_op_as_one_node():
+    """torch.compile sees the ops through their fake implementations (shapes and dtypes only)
+    and keeps each as one call in the layer's graph, with no GELU or rotation of its own."""
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
+    torch.manual_seed(0)
+    layer = TransformerLayer(128, 4).eval()
+    batch, cos_sin, x = _packed_inputs([7, 40, 19])
+    with torch.no_grad():
+        expected = layer.forward_packed(x, batch, cos_sin)
+        layer.fused_fc1_gelu = layer.self_attn.fused_rotary_attention = True
+        backend = EagerAndRecordGraphs()
+        got = torch.compile(layer.forward_packed, backend=backend, dynamic=True)(x, batch, cos_sin)
+    graph = str(backend.graphs[0].graph)
+    assert "virnucpro.linear_gelu" in graph and "virnucpro.rotary_attention" in graph
+    assert "gelu" not in graph.replace("linear_gelu", "") and "sin" not in graph.replace("sin_", "")
+    assert torch.equal(got, expected)
+    torch._dynamo.reset()
+
+
+# Triton's interpreter casts scalars with int(array), which NumPy 2.5 refuses for a
+# one-element array that is not 0-d; take the element instead (interpreter only).
+_INTERPRETER_FIX = """
+import triton.runtime.interpreter as interpreter
+_patch = interpreter._patch_lang_tensor
+def _fixed(tensor, scope):
+    _patch(tensor, scope)
+    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+interpreter._patch_lang_tensor = _fixed
+"""
+
+
+def _in_triton_interpreter(script: str) -> None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pytest.skip("Triton is not installed (CPU builds of torch do not bring it)")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", _INTERPRETER_FIX + textwrap.dedent(script)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_linear_gelu_kernel_in_triton_interpreter():
+    """Tiling and edges (rows, columns and K past a tile's edge), with and without the GELU
+    and with the residual, through Triton's CPU interpreter in fp16 (its NumPy arithmetic has
+    no bf16): within fp16's rounding of fp32. The GPU tests run the compiled kernel."""
+    _in_triton_interpreter("""
+        import torch, torch.nn.functional as F
+        from virnucpro.models.linear_gelu_kernel import launch
+        torch.manual_seed(0)
+        config = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2)
+        for m, k, n in [(70, 48, 80), (5, 32, 64), (33, 96, 40)]:
+            x = torch.randn(m, k).half()
+            w = (torch.randn(n, k) / k ** 0.5).half()
+            b = torch.randn(n).half()
+            r = torch.randn(m, n).half()
+            linear = x.float() @ w.float().T + b.float()
+            for got, ref in [(launch(x, w, b, config=config), F.gelu(linear)),
+                             (launch(x, w, b, config=config, gelu=False), linear),
+                             (launch(x, w, b, config=config, gelu=False, residual=r), linear + r.float())]:
+                assert got.shape == (m, n)
+                assert ((got.float() - ref).abs() <= ref.abs() * 2 ** -10 + 1e-4).all(), (m, k, n)
+        print("ok")
+    """)
+
+
+def test_rotary_attention_kernel_in_triton_interpreter():
+    """Proteins shorter than, equal to and longer than a block (several key blocks, several
+    query blocks), and of one token, in fp16 through Triton's interpreter, against the
+    rotation and SDPA in fp32 on the same inputs."""
+    _in_triton_interpreter("""
+        import numpy as np, torch, torch.nn.functional as F
+        from virnucpro.models.rotary_attention_kernel import launch
+        from virnucpro.models.esm2 import RotaryEmbedding, _apply_rotary
+        torch.manual_seed(0)
+        heads, hd = 3, 64
+        lengths = [5, 52, 1, 130, 64, 65]
+        cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+        qkv = torch.randn(int(cu[-1]), 3, heads, hd).half()
+        positions = torch.cat([torch.arange(n) for n in lengths])
+        cos, sin = RotaryEmbedding(hd).cos_sin(max(lengths), "cpu")
+        cos, sin = cos[positions], sin[positions]
+        q, k, v = qkv.float().unbind(1)
+        q = _apply_rotary(q * 0.125, cos[:, None], sin[:, None])
+        k = _apply_rotary(k, cos[:, None], sin[:, None])
+        for block_m, block_n in [(64, 64), (32, 16)]:
+            got = launch(qkv, cos, sin, cu, max(lengths), 0.125, block_m=block_m, block_n=block_n).float()
+            for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+                ref = F.scaled_dot_product_attention(*(t[s:e].transpose(0, 1) for t in (q, k, v)),
+                                                     scale=1.0).transpose(0, 1)
+                assert (got[s:e] - ref).abs().max() < 4e-3, (block_m, block_n, s, e)
+        print("ok")
+    """)
+
+
+def _inputs(m: int, k: int, n: int, seed: int, device=CUDA):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+    w = (torch.randn(n, k, generator=gen) / k**0.5).to(torch.bfloat16)
+    b = (torch.randn(n, generator=gen) * 0.1).to(torch.bfloat16)
+    return x.to(device), w.to(device), b.to(device)
+
+
+def _skip_unless_fused(name: str) -> None:
+    if name not in fused_kernels(CUDA, torch.bfloat16):
+        pytest.skip(f"this GPU runs no fused {name} kernel (no measured configuration)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n", [(1031, 2560, 10240), (77, 64, 256), (3, 2560, 10240)])
+def test_gpu_fused_linear_gelu_matches_fp32_within_one_bf16_rounding(m, k, n):
+    """Against gelu(x W^T + b) in fp32 on the same bf16 inputs, the only differences are fp32
+    summation order (~1e-6 relative) and the one rounding to bf16 (at most 2^-9 relative):
+    within 2^-8 |ref| + 1e-5 everywhere. The unfused path rounds twice, so its worst error
+    cannot be smaller."""
+    _skip_unless_fused("fc1_gelu")
+    x, w, b = _inputs(m, k, n, seed=m)
+    ref = F.gelu(x.float() @ w.float().T + b.float())
+    got = linear_gelu.linear_gelu(x, w, b).float()
+    assert got.shape == (m, n)
+    err = (got - ref).abs()
+    assert (err <= ref.abs() * 2**-8 + 1e-5).all()
+    unfused = F.gelu(F.linear(x, w, b), approximate="none").float()
+    assert err.max() <= (unfused - ref).abs().max()
+
+
+@pytest.mark.gpu
+def test_gpu_fused_linear_gelu_is_deterministic_and_rows_do_not_depend_on_their_batch():
+    """Same bits on every call, and a row's bits do not depend on how many rows share its
+    batch or where it sits (no split over K, one summation order): batches are cut differently
+    as work is spread over devices."""
+    _skip_unless_fused("fc1_gelu")
+    x, w, b = _inputs(4099, 2560, 10240, seed=1)
+    first = linear_gelu.linear_gelu(x, w, b)
+    assert torch.equal(first, linear_gelu.linear_gelu(x, w, b))
+    assert torch.equal(first[1000:1777], linear_gelu.linear_gelu(x[1000:1777].clone(), w, b))
+    assert torch.equal(first[-5:], linear_gelu.linear_gelu(x[-5:].clone(), w, b))
+
+
+def _attention_inputs(lengths, seed, heads=40, hd=64):
+    gen = torch.Generator().manual_seed(seed)
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+    qkv = torch.randn(int(cu[-1]), 3, heads, hd, generator=gen).to(torch.bfloat16)
+    positions = torch.cat([torch.arange(n) for n in lengths])
+    cos, sin = RotaryEmbedding(hd).cos_sin(max(lengths), "cpu")
+    return qkv.to(CUDA), cos[positions].to(CUDA), sin[positions].to(CUDA), cu.to(CUDA)
+
+
+@pytest.mark.gpu
+def test_gpu_fused_rotary_attention_matches_fp32_as_closely_as_the_unfused_path():
+    """Proteins of read and contig lengths, one token, and past two blocks, against the
+    rotation and SDPA in fp32 on the same bf16 inputs, protein by protein. Both GPU paths round
+    the rotated q and k and the softmax weights to bf16; the fused one must be within 3e-2 (a
+    few bf16 ulps at |x| ~ 4, as for PyTorch's own kernels) and no worse than the unfused path
+    (the model's rotation, then PyTorch's varlen kernel) by more than a quarter."""
+    _skip_unless_fused("rotary_attention")
+    lengths = [52, 3, 168, 17, 130, 52, 1, 64, 65, 200]
+    qkv, cos, sin, cu = _attention_inputs(lengths, seed=3)
+    scale = 64**-0.5
+    got = rotary_attention.rotary_attention(qkv, cos, sin, cu, max(lengths), scale).float()
+    q, k, v = qkv.unbind(1)
+    q32 = _apply_rotary(q.float() * scale, cos[:, None], sin[:, None])
+    k32 = _apply_rotary(k.float(), cos[:, None], sin[:, None])
+    unfused = packed_attention(_apply_rotary(q * scale, cos[:, None], sin[:, None]),
+                               _apply_rotary(k, cos[:, None], sin[:, None]), v, cu, max(lengths)).float()
+    bounds = cu.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        ref = F.scaled_dot_product_attention(*(t[start:end].transpose(0, 1) for t in (q32, k32, v.float())),
+                                             scale=1.0).transpose(0, 1)
+        err = (got[start:end] - ref).abs().max()
+        assert err < 3e-2, (start, end, float(err))
+        assert err <= 1.25 * (unfused[start:end] - ref).abs().max() + 1e-3, (start, end)
+
+
+@pytest.mark.gpu
+def test_gpu_fused_rotary_attention_is_deterministic_and_proteins_do_not_depend_on_their_batch():
+    _skip_unless_fused("rotary_attention")
+    lengths = [52, 168, 17, 51, 130]
+    qkv, cos, sin, cu = _attention_inputs(lengths, seed=4)
+    first = rotary_attention.rotary_attention(qkv, cos, sin, cu, max(lengths), 0.125)
+    assert torch.equal(first, rotary_attention.rotary_attention(qkv, cos, sin, cu, max(lengths), 0.125))
+    start, end = int(cu[1]), int(cu[2])  # the 168-token protein alone
+    alone = rotary_attention.rotary_attention(qkv[start:end].clone(), cos[start:end].clone(), sin[start:end].clone(),
+                                              torch.tensor([0, end - start], dtype=torch.int32, device=CUDA),
+                                              end - start, 0.125)
+    assert torch.equal(first[start:end], alone)
+
+
+@pytest.mark.gpu
+def test_gpu_placed_esm_runs_the_fused_kernels_and_matches_fp32():
+    """Placed as the pipeline places it (bf16, compiled beside the copy), a model of ESM-2 3B's
+    width runs both fused kernels and agrees with the fp32 eager model per protein."""
+    from test_fast_path import random_proteins
+
+    from virnucpro.models.esm2 import ESM2
+    from virnucpro.models.protein_alphabet import encode_proteins
+    from virnucpro.predict.compile import uncompile_packed_layers
+    from virnucpro.predict.packing import pack_proteins
+    from virnucpro.predict.placement import EsmOnDevice, _compile_and_warm_up_esm
+
+    _skip_unless_fused("fc1_gelu")
+    torch.manual_seed(0)
+    reference = ESM2(num_layers=2, embed_dim=2560, attention_heads=40).cuda().eval()
+    placed = EsmOnDevice(reference.architecture, CUDA, torch.bfloat16, beside=_compile_and_warm_up_esm)
+    placed.fill(reference)
+    esm = placed.module
+    assert all(layer.fused_fc1_gelu and layer.self_attn.fused_rotary_attention for layer in esm.layers)
+    batch = pack_proteins(*encode_proteins(random_proteins(20, seed=12, longest=200))).to(CUDA)
+    with torch.inference_mode():
+        got = esm.pooled_packed(batch)
+        expected = reference.pooled_packed(batch)
+    cos = F.cosine_similarity(got.double(), expected.double(), dim=1)
+    assert cos.min() > 0.9999
+    uncompile_packed_layers(esm)
