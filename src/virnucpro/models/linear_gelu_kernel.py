@@ -52,7 +52,9 @@ def _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, off_m, off_n, N: tl.cons
     out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
 
 
-@triton.jit
+# The token count M is not specialised on (Triton would otherwise compile a second variant
+# for counts divisible by 16, mid-run, the first time a batch has one).
+@triton.jit(do_not_specialize=["M"])
 def _linear_gelu_kernel(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: tl.constexpr, K: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr):
@@ -62,7 +64,7 @@ def _linear_gelu_kernel(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: tl.c
           BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _linear_gelu_persistent(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: tl.constexpr, K: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                             GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr,
