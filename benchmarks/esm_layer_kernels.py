@@ -9,6 +9,8 @@ Attention (q, k, v [N, 40, 64] bf16, packed proteins, one row per kernel):
   flash_varlen      torch.nn.attention.varlen.varlen_attn
   efficient_varlen  the memory-efficient kernel's varlen entry (aten._efficient_attention_forward)
   cudnn_ragged      cuDNN with ragged offsets (aten._cudnn_attention_forward)
+With --rotary-attention: rotation + attention from the qkv projection's output, unfused as
+shipped before against the fused kernel (models/rotary_attention_kernel.py) per configuration.
 Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf16):
   base              TransformerLayer.forward_packed as shipped (attention routed by length)
   flash_attention   as before routing: flash varlen attention for every batch
@@ -26,7 +28,7 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
   aten_gelu         base with GELU as PyTorch's own kernel (an opaque custom op, so Inductor
                     does not generate its own pointwise kernel for it)
   fused_fc1_gelu    persistent_layer_norm with fc1 and its GELU as one Triton kernel
-                    (models/linear_gelu.py)
+                    (benchmarks/fused_gemm_kernel.py, an experiment: not shipped)
   fused_rotary_attention  persistent_layer_norm with the rotation and attention as one Triton
                     kernel (models/rotary_attention.py)
   fused_both        both fused kernels: the layer as the pipeline runs it on an H200
@@ -91,6 +93,52 @@ def time_ms(fn, repeats: int = 20) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return float(np.median(times))
+
+
+# (BLOCK_M, BLOCK_N, warps, stages) of the fused rotary attention kernel, swept
+ROTARY_ATTENTION_SWEEP = [(64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 2, 1), (32, 64, 2, 1), (64, 32, 4, 1),
+                          (128, 64, 8, 1), (128, 64, 4, 1), (64, 128, 4, 1), (128, 128, 8, 1), (32, 32, 2, 1)]
+
+
+def rotary_attention_rows(batch: PackedBatch, lengths: list[int]) -> dict:
+    """Rotation + attention from the qkv projection's output: the shipped unfused path (the
+    rotation compiled as the layer compiles it, then PyTorch's kernel chosen by length)
+    against the fused kernel (models/rotary_attention_kernel.py) per launch configuration,
+    and the configuration the op picks for this batch. Error against fp32 on the same input."""
+    from virnucpro.models import rotary_attention_kernel
+    from virnucpro.models.rotary_attention import rotary_attention
+
+    n = batch.tokens.shape[0]
+    qkv = torch.randn(n, 3, H, HD, device="cuda", dtype=torch.bfloat16)
+    cos, sin = rotary_for(batch)
+    cu, t, scale = batch.cu_seqlens, batch.max_len, HD**-0.5
+    flops = sum(4 * L * L * D for L in lengths)
+
+    def rotate(qkv):
+        q, k, v = qkv.unbind(1)
+        return (esm2._apply_rotary(q * scale, cos[:, None], sin[:, None]),
+                esm2._apply_rotary(k, cos[:, None], sin[:, None]), v)
+    rotate_compiled = torch.compile(rotate, dynamic=True, options=compile_options())
+    q32, k32, v32 = (x.float() for x in rotate(qkv.float()))
+    ref = esm2.attention_one_by_one(q32, k32, v32, batch.cu_seqlens_host)
+    kernels = {"unfused_shipped": lambda: esm2._varlen_attention(*rotate_compiled(qkv), batch),
+               "fused_op": lambda: rotary_attention(qkv, cos, sin, cu, t, scale)}
+    for bm, bn, warps, stages in ROTARY_ATTENTION_SWEEP:
+        kernels[f"fused_{bm}x{bn}_w{warps}_s{stages}"] = (
+            lambda bm=bm, bn=bn, warps=warps, stages=stages: rotary_attention_kernel.launch(
+                qkv, cos, sin, cu, t, scale, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages))
+    rows = {}
+    for name, fn in kernels.items():
+        try:
+            out = fn()
+            torch.cuda.synchronize()
+            ms = time_ms(fn)
+            rows[name] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1),
+                          "max_abs_err_vs_fp32": round(float((out.float() - ref).abs().max()), 5)}
+        except Exception as exc:  # noqa: BLE001 - a configuration that does not fit is a result too
+            rows[name] = {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+        print(name, rows[name], flush=True)
+    return rows
 
 
 def attention_rows(batch: PackedBatch, lengths: list[int]) -> dict:
@@ -264,13 +312,36 @@ def aten_gelu(layer: TransformerLayer):
     return forward
 
 
+# The experimental fused fc1 + GELU (persistent 128x256x64 tiles, the fastest of
+# linear_gelu_kernels.py's sweep on an H200), as an op the compiled layer calls.
+FC1_GELU_CONFIG = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, persistent=True)
+
+
+@torch.library.custom_op("virnucpro_bench::linear_gelu", mutates_args=())
+def linear_gelu_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    import fused_gemm_kernel
+
+    return fused_gemm_kernel.launch(x, w, b, config=FC1_GELU_CONFIG)
+
+
+@linear_gelu_op.register_fake
+def _(x, w, b):
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
 def fused(*kernels: str):
-    """The layer with these of the fused kernels on (as placement turns them on on a GPU
-    with a measured configuration): "fc1_gelu", "rotary_attention"."""
+    """The layer with these fused kernels: "rotary_attention" (shipped, as placement turns
+    it on), "fc1_gelu" (the experiment above)."""
     def variant(layer: TransformerLayer):
-        layer.fused_fc1_gelu = "fc1_gelu" in kernels
         layer.self_attn.fused_rotary_attention = "rotary_attention" in kernels
-        return layer.forward_packed
+        if "fc1_gelu" not in kernels:
+            return layer.forward_packed
+
+        def forward(x, batch, cos_sin):
+            x = x + layer.self_attn.forward_packed(layer.self_attn_layer_norm(x), batch, cos_sin)
+            hidden = linear_gelu_op(layer.final_layer_norm(x), layer.fc1.weight, layer.fc1.bias)
+            return x + layer.fc2(hidden)
+        return forward
     return variant
 
 
@@ -317,6 +388,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=98_304, help="packed tokens per batch")
     ap.add_argument("--variants", default=",".join(LAYER_VARIANTS), help="layer variants, comma-separated")
     ap.add_argument("--skip-attention", action="store_true", help="only the layer variants")
+    ap.add_argument("--rotary-attention", action="store_true",
+                    help="also the fused rotary attention kernel's configurations against the unfused path")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     rate = bench_engine.matmul_rate()
@@ -329,7 +402,8 @@ def main() -> None:
         batch = packed(lengths)
         result[kind] = {"tokens": int(sum(lengths)), "proteins": len(lengths),
                         "attention": {} if args.skip_attention else attention_rows(batch, lengths),
-                        "layer": layer_rows(batch, rate, lengths, args.variants.split(","))}
+                        "rotary_attention": rotary_attention_rows(batch, lengths) if args.rotary_attention else {},
+                        "layer": layer_rows(batch, rate, lengths, [v for v in args.variants.split(",") if v])}
         print(json.dumps(result[kind], indent=1), flush=True)
     args.out.write_text(json.dumps(result, indent=1))
 

@@ -1,6 +1,6 @@
-"""ESM-2 3B's fc1 + GELU: the shipped unfused path against the fused Triton kernel
-(virnucpro.models.linear_gelu) over a sweep of launch configurations, side by side in one run
-with the bf16 matrix-rate probe.
+"""ESM-2 3B's fc1 + GELU: the shipped unfused path against a fused Triton kernel
+(benchmarks/fused_gemm_kernel.py, an experiment) over a sweep of launch configurations, side by
+side in one run with the bf16 matrix-rate probe.
 
     python benchmarks/linear_gelu_kernels.py --out linear_gelu.json [--inductor-autotune]
 
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_engine  # noqa: E402
+import fused_gemm_kernel  # noqa: E402
 from esm_layer_kernels import time_ms  # noqa: E402
 
-from virnucpro.models import linear_gelu, linear_gelu_kernel  # noqa: E402
 from virnucpro.predict.compile import compile_options  # noqa: E402
 
 K, N = 2560, 10240
@@ -96,14 +96,11 @@ def rows_for(m: int, rate: float, inductor_autotune: bool) -> dict:
     rows = {"cublas_linear": measure(lambda: F.linear(x, w, b), F.linear(x.float(), w.float(), b.float()),
                                      flops, rate),
             "cublas_then_gelu": measure(lambda: unfused(x), ref, flops, rate)}
-    best = sweep(rows, lambda config: linear_gelu_kernel.launch(x, w, b, config=config), ref, flops, rate)
+    best = sweep(rows, lambda config: fused_gemm_kernel.launch(x, w, b, config=config), ref, flops, rate)
     if best is not None:
         rows[name_of(best) + "_no_gelu"] = measure(
-            lambda: linear_gelu_kernel.launch(x, w, b, config=best, gelu=False),
+            lambda: fused_gemm_kernel.launch(x, w, b, config=best, gelu=False),
             F.linear(x.float(), w.float(), b.float()), flops, rate)
-    shipped = linear_gelu.CONFIGS.get(torch.cuda.get_device_capability()[0])
-    if shipped is not None:
-        rows["shipped_config"] = measure(lambda: torch.ops.virnucpro.linear_gelu(x, w, b), ref, flops, rate)
     if inductor_autotune:
         tuned = torch.compile(lambda x: F.gelu(F.linear(x, w, b), approximate="none"), dynamic=False,
                               mode="max-autotune-no-cudagraphs")
@@ -121,7 +118,7 @@ def fc2_rows_for(m: int, rate: float) -> dict:
     unfused = torch.compile(lambda h, r: r + F.linear(h, w, b), dynamic=True, options=compile_options())
     rows = {"cublas_linear": measure(lambda: F.linear(h, w, b), ref - residual.float(), flops, rate),
             "cublas_then_add": measure(lambda: unfused(h, residual), ref, flops, rate)}
-    sweep(rows, lambda config: linear_gelu_kernel.launch(h, w, b, gelu=False, residual=residual, config=config),
+    sweep(rows, lambda config: fused_gemm_kernel.launch(h, w, b, gelu=False, residual=residual, config=config),
           ref, flops, rate, prefix="residual_")
     return rows
 

@@ -1,9 +1,8 @@
-"""ESM-2's fused GPU kernels: fc1 + GELU (models/linear_gelu.py) and rotation + attention of
-the packed path (models/rotary_attention.py). Where they apply; that a layer computes the same
-function through them (their CPU implementations are the unfused arithmetic); the Triton
-kernels' tiling and edges in Triton's CPU interpreter where Triton is installed; and, on the
-GPU, that they match fp32 within the roundings the unfused path has too, are deterministic,
-and give a row (a protein) the same bits whatever else is in its batch."""
+"""ESM-2's fused GPU kernel: rotation + attention of the packed path (models/rotary_attention.py).
+Where it applies; that a layer computes the same function through it (its CPU implementation
+is the unfused arithmetic); the Triton kernel's tiling and edges in Triton's CPU interpreter
+where Triton is installed; and, on the GPU, that it matches fp32 as closely as the unfused
+path, is deterministic, and gives a protein the same bits whatever else is in its batch."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models import demo, linear_gelu, rotary_attention
+from virnucpro.models import demo, rotary_attention
 from virnucpro.models.esm2 import RotaryEmbedding, SelfAttention, TransformerLayer, _apply_rotary
 from virnucpro.models.packed_attention import packed_attention
 from virnucpro.predict import placement
@@ -29,15 +28,15 @@ CUDA = torch.device("cuda", 0)
 def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_off(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.delenv("VIRNUCPRO_FUSED_KERNELS", raising=False)
-    assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("fc1_gelu", "rotary_attention")
+    assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("rotary_attention",)
     assert fused_kernels(CUDA, torch.float16) == FUSED_KERNELS
     assert fused_kernels(torch.device("cpu"), torch.bfloat16) == ()
     assert fused_kernels(CUDA, torch.float32) == ()  # the fp32 reference path
-    for value, expected in [("0", ()), ("1", FUSED_KERNELS), ("fc1_gelu", ("fc1_gelu",)),
+    for value, expected in [("0", ()), ("1", FUSED_KERNELS), ("", ()),
                             (" rotary_attention ", ("rotary_attention",))]:
         monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", value)  # the user's switch
         assert fused_kernels(CUDA, torch.bfloat16) == expected, value
-    monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", "fc1_gelu,flash")
+    monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", "rotary_attention,flash")
     with pytest.raises(ValueError, match="unknown kernel.*flash"):
         fused_kernels(CUDA, torch.bfloat16)
     monkeypatch.delenv("VIRNUCPRO_FUSED_KERNELS")
@@ -47,37 +46,20 @@ def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_of
 
 def test_placing_esm_turns_the_fused_kernels_on_where_they_apply(monkeypatch):
     def flags(module):
-        return [(layer.fused_fc1_gelu, layer.self_attn.fused_rotary_attention) for layer in module.layers]
+        return [layer.self_attn.fused_rotary_attention for layer in module.layers]
 
     arch = dict(num_layers=2, embed_dim=128, attention_heads=4)  # heads of 32
     cpu = torch.device("cpu")
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, False)] * 2
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [False] * 2
     monkeypatch.setattr(placement, "fused_kernels", lambda *args: FUSED_KERNELS)
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(True, True)] * 2
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [True] * 2
     # heads of 16 (the demo model's): too narrow for the attention kernel's products
-    assert flags(placement.EsmOnDevice(demo.demo_esm().architecture, cpu, torch.float32).module) == [(True, False)] * 2
+    assert flags(placement.EsmOnDevice(demo.demo_esm().architecture, cpu, torch.float32).module) == [False] * 2
     # heads of 24 (ESM-2 35M's): not a power of two
     assert flags(placement.EsmOnDevice(dict(num_layers=1, embed_dim=480, attention_heads=20), cpu,
-                                       torch.float32).module) == [(True, False)]
-    # fp8's linear layers are their own kind: the bf16 kernels must not take their place
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module) == [(False, False)] * 2
-    monkeypatch.setattr(placement, "fused_kernels", lambda *args: ("rotary_attention",))
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, True)] * 2
-
-
-@pytest.mark.parametrize("packed", [True, False])
-def test_layer_through_the_fused_fc1_gelu_op_computes_the_same_function(packed):
-    """The op's CPU implementation is the unfused arithmetic, so the output must not change by
-    a bit when the flag routes fc1 + GELU through the op: this pins the wiring (the rows the op
-    sees, the shape handed to fc2) for packed [N, D] and padded [B, T, D]."""
-    torch.manual_seed(0)
-    layer = TransformerLayer(64, 4).eval()
-    x = torch.randn(*((37, 64) if packed else (3, 11, 64)))
-    with torch.no_grad():
-        expected = layer._feed_forward(x)
-        layer.fused_fc1_gelu = True
-        got = layer._feed_forward(x)
-    assert torch.equal(got, expected)
+                                       torch.float32).module) == [False]
+    # fp8 runs its own layers around the attention: left as they are
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module) == [False] * 2
 
 
 def _packed_inputs(lengths, embed_dim=128, heads=4, seed=0):
@@ -93,8 +75,9 @@ def _packed_inputs(lengths, embed_dim=128, heads=4, seed=0):
 
 
 def test_attention_through_the_fused_rotary_attention_op_computes_the_same_function():
-    """As above, for the packed attention: same bits with the flag on (the op's CPU arithmetic
-    is the model's own rotation and per-protein SDPA)."""
+    """The op's CPU arithmetic is the model's own rotation and per-protein SDPA, so the output
+    must not change by a bit with the flag on: this pins the wiring (what the op is handed,
+    the shape handed to out_proj)."""
     torch.manual_seed(1)
     attention = SelfAttention(128, 4).eval()
     batch, cos_sin, x = _packed_inputs([5, 52, 3, 130, 64])
@@ -105,9 +88,9 @@ def test_attention_through_the_fused_rotary_attention_op_computes_the_same_funct
     assert torch.equal(got, expected)
 
 
-def test_compiled_layer_calls_each_fused_op_as_one_node():
-    """torch.compile sees the ops through their fake implementations (shapes and dtypes only)
-    and keeps each as one call in the layer's graph, with no GELU or rotation of its own."""
+def test_compiled_layer_calls_the_fused_op_as_one_node():
+    """torch.compile sees the op through its fake implementation (shapes and dtypes only) and
+    keeps it as one call in the layer's graph, with no rotation of its own."""
     from torch._dynamo.testing import EagerAndRecordGraphs
 
     torch.manual_seed(0)
@@ -115,12 +98,11 @@ def test_compiled_layer_calls_each_fused_op_as_one_node():
     batch, cos_sin, x = _packed_inputs([7, 40, 19])
     with torch.no_grad():
         expected = layer.forward_packed(x, batch, cos_sin)
-        layer.fused_fc1_gelu = layer.self_attn.fused_rotary_attention = True
+        layer.self_attn.fused_rotary_attention = True
         backend = EagerAndRecordGraphs()
         got = torch.compile(layer.forward_packed, backend=backend, dynamic=True)(x, batch, cos_sin)
     graph = str(backend.graphs[0].graph)
-    assert "virnucpro.linear_gelu" in graph and "virnucpro.rotary_attention" in graph
-    assert "gelu" not in graph.replace("linear_gelu", "") and "sin" not in graph.replace("sin_", "")
+    assert "virnucpro.rotary_attention" in graph and "sin" not in graph.replace("sin_", "")
     assert torch.equal(got, expected)
     torch._dynamo.reset()
 
@@ -146,30 +128,6 @@ def _in_triton_interpreter(script: str) -> None:
     done = subprocess.run([sys.executable, "-c", _INTERPRETER_FIX + textwrap.dedent(script)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
-
-
-def test_linear_gelu_kernel_in_triton_interpreter():
-    """Tiling and edges (rows, columns and K past a tile's edge), with and without the GELU
-    and with the residual, through Triton's CPU interpreter in fp16 (its NumPy arithmetic has
-    no bf16): within fp16's rounding of fp32. The GPU tests run the compiled kernel."""
-    _in_triton_interpreter("""
-        import torch, torch.nn.functional as F
-        from virnucpro.models.linear_gelu_kernel import launch
-        torch.manual_seed(0)
-        config = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2)
-        for m, k, n in [(70, 48, 80), (5, 32, 64), (33, 96, 40)]:
-            x = torch.randn(m, k).half()
-            w = (torch.randn(n, k) / k ** 0.5).half()
-            b = torch.randn(n).half()
-            r = torch.randn(m, n).half()
-            linear = x.float() @ w.float().T + b.float()
-            for got, ref in [(launch(x, w, b, config=config), F.gelu(linear)),
-                             (launch(x, w, b, config=config, gelu=False), linear),
-                             (launch(x, w, b, config=config, gelu=False, residual=r), linear + r.float())]:
-                assert got.shape == (m, n)
-                assert ((got.float() - ref).abs() <= ref.abs() * 2 ** -10 + 1e-4).all(), (m, k, n)
-        print("ok")
-    """)
 
 
 def test_rotary_attention_kernel_in_triton_interpreter():
@@ -201,48 +159,9 @@ def test_rotary_attention_kernel_in_triton_interpreter():
     """)
 
 
-def _inputs(m: int, k: int, n: int, seed: int, device=CUDA):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-    w = (torch.randn(n, k, generator=gen) / k**0.5).to(torch.bfloat16)
-    b = (torch.randn(n, generator=gen) * 0.1).to(torch.bfloat16)
-    return x.to(device), w.to(device), b.to(device)
-
-
 def _skip_unless_fused(name: str) -> None:
     if name not in fused_kernels(CUDA, torch.bfloat16):
-        pytest.skip(f"this GPU runs no fused {name} kernel (no measured configuration)")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("m,k,n", [(1031, 2560, 10240), (77, 64, 256), (3, 2560, 10240)])
-def test_gpu_fused_linear_gelu_matches_fp32_within_one_bf16_rounding(m, k, n):
-    """Against gelu(x W^T + b) in fp32 on the same bf16 inputs, the only differences are fp32
-    summation order (~1e-6 relative) and the one rounding to bf16 (at most 2^-9 relative):
-    within 2^-8 |ref| + 1e-5 everywhere. The unfused path rounds twice, so its worst error
-    cannot be smaller."""
-    _skip_unless_fused("fc1_gelu")
-    x, w, b = _inputs(m, k, n, seed=m)
-    ref = F.gelu(x.float() @ w.float().T + b.float())
-    got = linear_gelu.linear_gelu(x, w, b).float()
-    assert got.shape == (m, n)
-    err = (got - ref).abs()
-    assert (err <= ref.abs() * 2**-8 + 1e-5).all()
-    unfused = F.gelu(F.linear(x, w, b), approximate="none").float()
-    assert err.max() <= (unfused - ref).abs().max()
-
-
-@pytest.mark.gpu
-def test_gpu_fused_linear_gelu_is_deterministic_and_rows_do_not_depend_on_their_batch():
-    """Same bits on every call, and a row's bits do not depend on how many rows share its
-    batch or where it sits (no split over K, one summation order): batches are cut differently
-    as work is spread over devices."""
-    _skip_unless_fused("fc1_gelu")
-    x, w, b = _inputs(4099, 2560, 10240, seed=1)
-    first = linear_gelu.linear_gelu(x, w, b)
-    assert torch.equal(first, linear_gelu.linear_gelu(x, w, b))
-    assert torch.equal(first[1000:1777], linear_gelu.linear_gelu(x[1000:1777].clone(), w, b))
-    assert torch.equal(first[-5:], linear_gelu.linear_gelu(x[-5:].clone(), w, b))
+        pytest.skip(f"this GPU runs no fused {name} kernel (not measured on its generation)")
 
 
 def _attention_inputs(lengths, seed, heads=40, hd=64):
@@ -295,9 +214,9 @@ def test_gpu_fused_rotary_attention_is_deterministic_and_proteins_do_not_depend_
 
 
 @pytest.mark.gpu
-def test_gpu_placed_esm_runs_the_fused_kernels_and_matches_fp32():
+def test_gpu_placed_esm_runs_the_fused_kernel_and_matches_fp32():
     """Placed as the pipeline places it (bf16, compiled beside the copy), a model of ESM-2 3B's
-    width runs both fused kernels and agrees with the fp32 eager model per protein."""
+    width runs the fused kernel and agrees with the fp32 eager model per protein."""
     from test_fast_path import random_proteins
 
     from virnucpro.models.esm2 import ESM2
@@ -306,13 +225,13 @@ def test_gpu_placed_esm_runs_the_fused_kernels_and_matches_fp32():
     from virnucpro.predict.packing import pack_proteins
     from virnucpro.predict.placement import EsmOnDevice, _compile_and_warm_up_esm
 
-    _skip_unless_fused("fc1_gelu")
+    _skip_unless_fused("rotary_attention")
     torch.manual_seed(0)
     reference = ESM2(num_layers=2, embed_dim=2560, attention_heads=40).cuda().eval()
     placed = EsmOnDevice(reference.architecture, CUDA, torch.bfloat16, beside=_compile_and_warm_up_esm)
     placed.fill(reference)
     esm = placed.module
-    assert all(layer.fused_fc1_gelu and layer.self_attn.fused_rotary_attention for layer in esm.layers)
+    assert all(layer.self_attn.fused_rotary_attention for layer in esm.layers)
     batch = pack_proteins(*encode_proteins(random_proteins(20, seed=12, longest=200))).to(CUDA)
     with torch.inference_mode():
         got = esm.pooled_packed(batch)

@@ -199,10 +199,6 @@ class SelfAttention(nn.Module):
 class TransformerLayer(nn.Module):
     """Pre-LayerNorm block: x + attn(LN(x)), then x + fc2(gelu(fc1(LN(x))))."""
 
-    # fc1 and its GELU as one fused GPU kernel (models/linear_gelu.py); set per module by
-    # the code that places it on a GPU where the kernel applies.
-    fused_fc1_gelu = False
-
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
         self.self_attn_layer_norm = nn.LayerNorm(embed_dim, eps=_LAYER_NORM_EPS)
@@ -220,15 +216,8 @@ class TransformerLayer(nn.Module):
         return x + self._feed_forward(x)
 
     def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.final_layer_norm(x)
-        if self.fused_fc1_gelu:
-            from virnucpro.models.linear_gelu import linear_gelu
-
-            rows = x.reshape(-1, x.shape[-1])  # packed [N, D], or padded [B, T, D] as rows
-            hidden = linear_gelu(rows, self.fc1.weight, self.fc1.bias)
-            return self.fc2(hidden.view(*x.shape[:-1], hidden.shape[-1]))
         # approximate="none": the exact erf GELU the model was trained with.
-        return self.fc2(F.gelu(self.fc1(x), approximate="none"))
+        return self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)), approximate="none"))
 
 
 class ESM2(nn.Module):

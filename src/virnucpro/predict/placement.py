@@ -27,7 +27,6 @@ import torch
 from virnucpro.engine.background import in_background, quick_thread_switching
 from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.esm2 import ESM2, standard_inv_freq
-from virnucpro.models.linear_gelu import CONFIGS as FUSED_GELU_CONFIGS
 from virnucpro.models.protein_alphabet import encode_proteins
 from virnucpro.predict.budget import MIN_GPU_BATCH_TOKENS, batch_tokens_for
 from virnucpro.predict.compile import compile_packed_layers, warm_up_frames
@@ -196,18 +195,21 @@ def _compile_and_warm_up_esm(esm: ESM2) -> None:
             esm.pooled_packed(packed.to(esm.embed_tokens.weight.device))
 
 
-# ESM-2's fused GPU kernels, by name (VIRNUCPRO_FUSED_KERNELS picks: "0" none, or a
-# comma-separated list; all by default): fc1 + GELU (models/linear_gelu.py), and the
-# rotation + attention of the packed path (models/rotary_attention.py).
-FUSED_KERNELS = ("fc1_gelu", "rotary_attention")
+# GPU generations (compute capability major) on which the fused kernels were measured: H100
+# and H200. Elsewhere ESM-2 keeps PyTorch's own kernels.
+FUSED_GENERATIONS = (9,)
+# ESM-2's fused GPU kernels, by name (VIRNUCPRO_FUSED_KERNELS picks: "0" for none, or a
+# comma-separated list; all by default): the rotation and attention of the packed path in
+# one kernel (models/rotary_attention.py).
+FUSED_KERNELS = ("rotary_attention",)
 
 
 def fused_kernels(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
     """The fused kernels ESM-2 runs on `device` in `dtype`: on a CUDA GPU of a generation
-    they were measured on (a launch configuration exists), in half precision, those the user
-    has not turned off. A frame's numbers then depend only on the GPU's generation."""
+    they were measured on, in half precision, those the user has not turned off. A frame's
+    numbers then depend only on the GPU's generation, never on the number of GPUs."""
     if not (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-            and torch.cuda.get_device_capability(device)[0] in FUSED_GELU_CONFIGS):
+            and torch.cuda.get_device_capability(device)[0] in FUSED_GENERATIONS):
         return ()
     chosen = os.environ.get("VIRNUCPRO_FUSED_KERNELS", ",".join(FUSED_KERNELS)).strip()
     if chosen in ("0", ""):
@@ -220,16 +222,13 @@ def fused_kernels(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
 
 
 def _use_fused_kernels(esm: ESM2, device: torch.device, dtype: torch.dtype) -> None:
-    """Turn ESM-2's fused kernels on in every layer, where they apply: shapes the kernels take
-    (rows 16-byte aligned for TMA; heads a power of two of at least 32 elements)."""
+    """Turn ESM-2's fused kernels on in every layer where they apply: the attention kernel
+    takes heads of a power of two of at least 32 elements (ESM-2 3B's are 64)."""
     chosen = fused_kernels(device, dtype)
     for layer in esm.layers:
-        fc1, attention = layer.fc1, layer.self_attn
-        layer.fused_fc1_gelu = ("fc1_gelu" in chosen and fc1.in_features % 8 == 0
-                                and fc1.out_features % 8 == 0)
-        head = attention.head_dim
-        attention.fused_rotary_attention = ("rotary_attention" in chosen and head >= 32
-                                            and head & (head - 1) == 0)
+        head = layer.self_attn.head_dim
+        layer.self_attn.fused_rotary_attention = ("rotary_attention" in chosen and head >= 32
+                                                  and head & (head - 1) == 0)
 
 
 def _empty_module(architecture: dict, device: torch.device, dtype: torch.dtype) -> ESM2:

@@ -1,10 +1,12 @@
-"""The Triton kernels behind virnucpro::linear_gelu (models/linear_gelu.py): a tiled matrix
-product with fp32 accumulation whose epilogue adds the bias and applies the erf GELU to the
-fp32 accumulator before the one rounding to the output's dtype.
+"""A GEMM with its epilogue fused, in Triton: gelu(x @ W^T + b), or x @ W^T + b + residual,
+with fp32 accumulation and one rounding to the output's dtype. An experiment, not used by
+virnucpro: measured on an H200 against cuBLAS + Inductor's pointwise kernels
+(benchmarks/linear_gelu_kernels.py, esm_layer_kernels.py --variants fused_fc1_gelu), it lost
+inside the ESM-2 layer, since the Triton GEMM runs 15-20 % under cuBLAS (benchmarks/RESULTS.md).
 
 Tiles are read through the Hopper tensor-memory accelerator (TMA descriptors), which also
-zero-fills tiles that run past the matrix edge, so any token count works. There is no split
-over K and no atomics: each output element is summed in one fixed order, deterministic.
+zero-fills tiles that run past the matrix edge, so any token count works. No split over K and
+no atomics: each output element is summed in one fixed order.
 """
 
 # ruff: noqa: N803 - Triton kernels name their compile-time constants (tile sizes, flags) in capitals
@@ -17,8 +19,6 @@ import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
-
-from virnucpro.models.linear_gelu import CONFIGS
 
 
 @triton.jit
@@ -80,12 +80,9 @@ def _linear_gelu_persistent(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: 
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, gelu: bool = True,
-           residual: torch.Tensor | None = None, config: dict | None = None,
-           out: torch.Tensor | None = None) -> torch.Tensor:
+           residual: torch.Tensor | None = None, config: dict, out: torch.Tensor | None = None) -> torch.Tensor:
     """gelu(x @ weight^T + bias) (or without the GELU), plus `residual` [M, N] if given;
     x [M, K], weight [N, K], bias [N]."""
-    if config is None:
-        config = CONFIGS[torch.cuda.get_device_capability(x.device)[0]]
     x, weight = x.contiguous(), weight.contiguous()
     m, k = x.shape
     n = weight.shape[0]
