@@ -7,7 +7,8 @@ side in one run with the bf16 matrix-rate probe.
 Rows (x [M, 2560] bf16 packed tokens, W [10240, 2560], M = a batch's tokens):
   cublas_linear          F.linear alone: cuBLAS, the GEMM's own time (the floor for fusing)
   cublas_then_gelu       F.gelu(F.linear(...)) compiled as the pipeline compiles it: cuBLAS,
-                         then Inductor's pointwise erf GELU (what ships without the fused op)
+                         then Inductor's pointwise erf GELU standalone (what ships; inside the
+                         compiled layer its GELU is faster: compare there, esm_layer_kernels.py)
   triton_<config>        the fused kernel, one row per launch configuration
   triton_<best>_no_gelu  the best configuration without the GELU (what the epilogue costs)
   inductor_max_autotune  (--inductor-autotune) Inductor's own Triton GEMM templates with the
