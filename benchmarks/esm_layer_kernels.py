@@ -104,7 +104,7 @@ def rotary_attention_rows(batch: PackedBatch, lengths: list[int]) -> dict:
     """Rotation + attention from the qkv projection's output: the shipped unfused path (the
     rotation compiled as the layer compiles it, then PyTorch's kernel chosen by length)
     against the fused kernel (models/rotary_attention_kernel.py) per launch configuration,
-    and the configuration the op picks for this batch. Error against fp32 on the same input."""
+    and the op as shipped (its one configuration). Error against fp32 on the same input."""
     from virnucpro.models import rotary_attention_kernel
     from virnucpro.models.rotary_attention import rotary_attention
 
@@ -382,6 +382,16 @@ def rotary_for(batch: PackedBatch):
     return RotaryEmbedding(HD).cuda().packed_cos_sin(batch)
 
 
+def start_record() -> tuple[float, dict]:
+    """TF32 off, the bf16 matrix-rate probe, and a result record naming the run: the rate and
+    the record."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rate = bench_engine.matmul_rate()
+    return rate, {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                  "torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
+                  "bf16_matrix_rate_tflops": round(rate, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -391,11 +401,7 @@ def main() -> None:
     ap.add_argument("--rotary-attention", action="store_true",
                     help="also the fused rotary attention kernel's configurations against the unfused path")
     args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    rate = bench_engine.matmul_rate()
-    result = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
-              "bf16_matrix_rate_tflops": round(rate, 1)}
+    rate, result = start_record()
     rng = np.random.default_rng(0)
     for kind in ("reads", "contigs"):
         lengths = lengths_for(kind, args.tokens, rng)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_engine  # noqa: E402
 import fused_gemm_kernel  # noqa: E402
-from esm_layer_kernels import time_ms  # noqa: E402
+from esm_layer_kernels import start_record, time_ms  # noqa: E402
 
 from virnucpro.predict.compile import compile_options  # noqa: E402
 
@@ -152,11 +151,7 @@ def main() -> None:
     ap.add_argument("--inductor-autotune", action="store_true")
     ap.add_argument("--fc2", action="store_true", help="also fc2 with the residual add in the epilogue")
     args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    rate = bench_engine.matmul_rate()
-    result = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
-              "bf16_matrix_rate_tflops": round(rate, 1)}
+    rate, result = start_record()
     for m in (int(t) for t in args.tokens.split(",")):
         result[f"M={m}"] = rows_for(m, rate, args.inductor_autotune)
         print(json.dumps(result[f"M={m}"]), flush=True)

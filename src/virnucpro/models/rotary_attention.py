@@ -12,27 +12,18 @@ computes exact softmax attention in fp32 with blocks of 64 queries and keys.
 
 Off the GPU (tests, CPU runs) the op is the unfused arithmetic: rotation, then each protein's
 own SDPA. Where the fused op is used is decided where the model is placed
-(predict/placement.py), by the same rule as the fused fc1 + GELU.
+(predict/placement.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-# Launch configuration by the batch's longest protein (tokens): up to that length, queries
-# and keys per block, warps, pipeline stages. Measured on an H200 on batches of 150 bp reads'
-# proteins (~52 tokens) and 500 bp contig chunks' (168) (benchmarks/esm_layer_kernels.py
-# --rotary-attention). The choice depends on the batch alone, never on the device count; the
-# key block (the order of the softmax's running sums) is the same in every configuration.
-LAUNCH_BY_LENGTH = (
-    (64, dict(block_m=64, block_n=64, num_warps=4, num_stages=1)),
-    (None, dict(block_m=64, block_n=64, num_warps=4, num_stages=1)),
-)
-
-
-def launch_config(max_len: int) -> dict:
-    """The launch configuration for a batch whose longest protein has `max_len` tokens."""
-    return next(config for up_to, config in LAUNCH_BY_LENGTH if up_to is None or max_len <= up_to)
+# Launch configuration: queries and keys per block, warps, pipeline stages. One for every
+# batch, so a protein's arithmetic never depends on its batch. Measured on an H200 on batches
+# of 150 bp reads' proteins (~52 tokens) and 500 bp contig chunks' (168)
+# (benchmarks/esm_layer_kernels.py --rotary-attention).
+LAUNCH = dict(block_m=64, block_n=64, num_warps=4, num_stages=1)
 
 
 @torch.library.custom_op("virnucpro::rotary_attention", mutates_args=())
@@ -44,7 +35,7 @@ def rotary_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu
     if qkv.is_cuda:
         from virnucpro.models.rotary_attention_kernel import launch
 
-        return launch(qkv, cos, sin, cu_seqlens, max_len, scale, **launch_config(max_len))
+        return launch(qkv, cos, sin, cu_seqlens, max_len, scale, **LAUNCH)
     return _unfused(qkv, cos, sin, cu_seqlens, scale)
 
 
