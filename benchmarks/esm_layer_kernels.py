@@ -32,6 +32,8 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
   fused_rotary_attention  persistent_layer_norm with the rotation and attention as one Triton
                     kernel (models/rotary_attention.py)
   fused_both        both fused kernels: the layer as the pipeline runs it on an H200
+  deferred_residual fused_rotary_attention with the residual add that ends the layer left to
+                    the next layer's first LayerNorm (takes and returns x and a pending term)
 Each: ms per call (CUDA events, median of 20), the share of the bf16 matrix rate measured in
 the same run (GEMM + attention FLOPs), the cosine / max relative error against the fp32
 eager layer, and its CUDA kernels by time (torch.profiler, one call).
@@ -97,7 +99,8 @@ def time_ms(fn, repeats: int = 20) -> float:
 
 # (BLOCK_M, BLOCK_N, warps, stages) of the fused rotary attention kernel, swept
 ROTARY_ATTENTION_SWEEP = [(64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 2, 1), (32, 64, 2, 1), (64, 32, 4, 1),
-                          (128, 64, 8, 1), (128, 64, 4, 1), (64, 128, 4, 1), (128, 128, 8, 1), (32, 32, 2, 1)]
+                          (128, 64, 8, 1), (128, 64, 4, 1), (64, 128, 4, 1), (128, 128, 8, 1), (32, 32, 2, 1),
+                          (64, 64, 8, 1), (128, 64, 8, 2)]
 
 
 def rotary_attention_rows(batch: PackedBatch, lengths: list[int]) -> dict:
@@ -191,15 +194,21 @@ def layer_rows(batch: PackedBatch, rate: float, lengths: list[int], names: list[
         variant, layers_per_call, context = LAYER_VARIANTS[name]
         layer = copy.deepcopy(ref_layer).to(torch.bfloat16)
         t0 = time.perf_counter()
-        fn = torch.compile(variant(layer), dynamic=True, options=compile_options())
+        forward = variant(layer)
+        fn = torch.compile(forward, dynamic=True, options=compile_options())
         xb = x.to(torch.bfloat16)
+        # a layer that takes its input as two terms (x + pending) and returns its output so:
+        # called with pending = 0, its two outputs summed are the layer's output
+        inputs = (xb, torch.zeros_like(xb), batch, cos_sin) if getattr(forward, "deferred", False) else (xb, batch, cos_sin)
         with torch.inference_mode():
             with context():  # Inductor's choices apply while it compiles: the first call
-                out = fn(xb, batch, cos_sin)
+                out = fn(*inputs)
             torch.cuda.synchronize()
             compile_s = time.perf_counter() - t0
-            ms = time_ms(lambda: fn(xb, batch, cos_sin)) / layers_per_call
-            kernels = kernel_times(lambda: fn(xb, batch, cos_sin), layers_per_call)
+            ms = time_ms(lambda: fn(*inputs)) / layers_per_call
+            kernels = kernel_times(lambda: fn(*inputs), layers_per_call)
+            if isinstance(out, tuple):
+                out = out[0] + out[1]
         row = {"ms": round(ms, 3), "share_of_matrix_rate": round(flops / ms / 1e9 / rate, 3),
                "compile_s": round(compile_s, 1), "kernels_ms_per_layer": kernels}
         if layers_per_call == 1:  # two layers in a row are not comparable with one fp32 layer
@@ -345,6 +354,21 @@ def fused(*kernels: str):
     return variant
 
 
+def deferred_residual(layer: TransformerLayer):
+    """The layer with the fused rotary attention and its last residual add left to the next
+    layer: it takes (x, pending) and returns (x', pending'), so the add x + pending fuses into
+    its first LayerNorm and the standalone add kernel at its end goes (one graph per layer,
+    as the pipeline compiles)."""
+    layer.self_attn.fused_rotary_attention = True
+
+    def forward(x, pending, batch, cos_sin):
+        x = x + pending
+        x = x + layer.self_attn.forward_packed(layer.self_attn_layer_norm(x), batch, cos_sin)
+        return x, layer._feed_forward(x)
+    forward.deferred = True
+    return forward
+
+
 def two_layers(layer: TransformerLayer):
     """The same layer twice in one graph: the add that ends the first fuses into the second's
     LayerNorm, as it would if the compiled unit spanned layer boundaries."""
@@ -373,6 +397,7 @@ LAYER_VARIANTS = {
     "fused_fc1_gelu": (fused("fc1_gelu"), 1, persistent_reductions),
     "fused_rotary_attention": (fused("rotary_attention"), 1, persistent_reductions),
     "fused_both": (fused("fc1_gelu", "rotary_attention"), 1, persistent_reductions),
+    "deferred_residual": (deferred_residual, 1, persistent_reductions),
 }
 
 
