@@ -206,8 +206,8 @@ def test_gpu_fused_rotary_attention_is_deterministic_and_proteins_do_not_depend_
     qkv, cos, sin, cu = _attention_inputs(lengths, seed=4)
     first = rotary_attention.rotary_attention(qkv, cos, sin, cu, max(lengths), 0.125)
     assert torch.equal(first, rotary_attention.rotary_attention(qkv, cos, sin, cu, max(lengths), 0.125))
-    # the 168-token protein, and a 52-token one (one block of keys: launched with other
-    # pipeline stages when alone than in this batch), each alone
+    # the 168-token protein, and a 52-token one (a grid of one query block when alone, of
+    # three in this batch), each alone
     for start, end in ((int(cu[1]), int(cu[2])), (int(cu[0]), int(cu[1]))):
         alone = rotary_attention.rotary_attention(
             qkv[start:end].clone(), cos[start:end].clone(), sin[start:end].clone(),

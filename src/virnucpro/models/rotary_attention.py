@@ -19,21 +19,14 @@ from __future__ import annotations
 
 import torch
 
-# Launch configuration: queries and keys per block, warps. One for every batch, so a protein's
-# arithmetic never depends on its batch. Measured on an H200 on batches of 150 bp reads'
-# proteins (~52 tokens) and 500 bp contig chunks' (168) (benchmarks/esm_layer_kernels.py
-# --rotary-attention, and whole ESM-2 batches in bench_engine.py --profile).
-LAUNCH = dict(block_m=64, block_n=64, num_warps=4)
-
-
-def pipeline_stages(max_len: int) -> int:
-    """Software pipeline stages: two where proteins have several blocks of keys (the next
-    block loads while the last is used: contigs, one layer's attention over 98k tokens, 1.80 ->
-    1.68 ms), one where every protein fits in one block (reads: a whole batch's attention took
-    27.3 ms with two, 25.9 with one). The stages
-    change when data is loaded, not the arithmetic: the same bits either way (checked on an
-    H200, and by the GPU tests), so a protein's numbers still do not depend on its batch."""
-    return 1 if max_len <= LAUNCH["block_n"] else 2
+# Launch configuration: queries and keys per block, warps, pipeline stages. One for every
+# batch, so a protein's arithmetic never depends on its batch. Measured on an H200 on batches
+# of 150 bp reads' proteins (~52 tokens) and 500 bp contig chunks' (168)
+# (benchmarks/esm_layer_kernels.py --rotary-attention, and whole batches in bench_engine.py
+# --profile): two stages load the next block of keys while the last is used (contigs 1.80 ->
+# 1.68 ms a layer of 98k tokens; reads the same). Stages change when data is loaded, not the
+# arithmetic: one or two give the same bits (checked on an H200).
+LAUNCH = dict(block_m=64, block_n=64, num_warps=4, num_stages=2)
 
 
 @torch.library.custom_op("virnucpro::rotary_attention", mutates_args=())
@@ -45,7 +38,7 @@ def rotary_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu
     if qkv.is_cuda:
         from virnucpro.models.rotary_attention_kernel import launch
 
-        return launch(qkv, cos, sin, cu_seqlens, max_len, scale, num_stages=pipeline_stages(max_len), **LAUNCH)
+        return launch(qkv, cos, sin, cu_seqlens, max_len, scale, **LAUNCH)
     return _unfused(qkv, cos, sin, cu_seqlens, scale)
 
 

@@ -4,10 +4,12 @@ projection's output and applying the query scaling and the rotary embedding as i
 
 One program per (protein and head, block of BLOCK_M queries), the query blocks of one protein
 and head launched next to each other, then its heads: so the keys and values one program reads
-from memory are still in L2 for the next (measured on an H200: contigs' 168-token proteins
-take three query blocks each). The keys of the protein are visited
-in blocks of BLOCK_N with the running-maximum ("online") softmax in fp32; the probabilities are
-rounded to the inputs' dtype for the product with v, as flash attention does. The rotation
+from memory are still in L2 for the next. Contigs' 168-token proteins take three query blocks
+each; measured on an H200, their attention in a whole batch went from 53 to 50 ms (reads',
+one block each, 26.3 to 27.2 ms: the tokens/s of both stayed within noise). The keys of the
+protein are visited in blocks of BLOCK_N with the running-maximum ("online") softmax in fp32;
+the probabilities are rounded to the inputs' dtype for the product with v, as flash attention
+does. The rotation
 ("rotate half") is applied to the two halves of the head separately, so q k^T is the sum of
 two products over head_dim / 2. Each output is computed by one program in one fixed order: no
 atomics, deterministic, and a protein's result does not depend on the rest of its batch.
