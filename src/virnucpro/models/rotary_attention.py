@@ -21,12 +21,12 @@ import torch
 
 # Launch configuration: queries and keys per block, warps, pipeline stages. One for every
 # batch, so a protein's arithmetic never depends on its batch. Measured on an H200 on batches
-# of 150 bp reads' proteins (~52 tokens) and 500 bp contig chunks' (168)
+# of 150 bp reads' proteins (~52 tokens), 300 bp and 500 bp contig chunks' (102 and 168)
 # (benchmarks/esm_layer_kernels.py --rotary-attention, and whole batches in bench_engine.py
-# --profile): two stages load the next block of keys while the last is used (contigs 1.80 ->
-# 1.68 ms a layer of 98k tokens; reads the same). Stages change when data is loaded, not the
-# arithmetic: one or two give the same bits (checked on an H200).
-LAUNCH = dict(block_m=64, block_n=64, num_warps=4, num_stages=2)
+# --profile). Two stages were faster with the kernel at 134 registers a thread; at its 128,
+# one stage is faster on all three (two need 57 KB of shared memory a program, one 24 KB).
+# Stages change when data is loaded, not the arithmetic: the same bits (checked on an H200).
+LAUNCH = dict(block_m=64, block_n=64, num_warps=4, num_stages=1)
 
 
 @torch.library.custom_op("virnucpro::rotary_attention", mutates_args=())

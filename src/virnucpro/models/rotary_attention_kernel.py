@@ -4,12 +4,15 @@ projection's output and applying the query scaling and the rotary embedding as i
 
 One program per (protein and head, block of BLOCK_M queries), the query blocks of one protein
 and head launched next to each other, then its heads: so the keys and values one program reads
-from memory are still in L2 for the next. Contigs' 168-token proteins take three query blocks
-each; measured on an H200, their attention in a whole batch went from 53 to 50 ms (reads',
-one block each, 26.3 to 27.2 ms: the tokens/s of both stayed within noise). The keys of the
-protein are visited in blocks of BLOCK_N with the running-maximum ("online") softmax in fp32;
-the probabilities are rounded to the inputs' dtype for the product with v, as flash attention
-does. The rotation
+from memory are still in L2 for the next (contigs' 168-token proteins take three query blocks
+each). The blocks of a protein are counted up to a power of two, so each program finds its
+protein, head and block with shifts and masks, not divisions; the spare programs return at
+once. That kept the kernel at 128 registers a thread, where a division took it to 134 and cut
+the programs an SM holds at once: measured on an H200 over 65.5k tokens, reads 0.654 -> 0.533
+ms, contigs 1.343 -> 1.004 ms against the first launch order (all proteins' first query
+blocks, then all second ones), with the same bits. The keys of the protein are visited in
+blocks of BLOCK_N with the running-maximum ("online") softmax in fp32; the probabilities are
+rounded to the inputs' dtype for the product with v, as flash attention does. The rotation
 ("rotate half") is applied to the two halves of the head separately, so q k^T is the sum of
 two products over head_dim / 2. Each output is computed by one program in one fixed order: no
 atomics, deterministic, and a protein's result does not depend on the rest of its batch.
@@ -43,15 +46,16 @@ def _rotated(ptr, cos_ptr, sin_ptr, rows, mask, row_stride, HALF: tl.constexpr, 
     return (x1 * cos - x2 * sin).to(dtype), (x2 * cos + x1 * sin).to(dtype)
 
 
-# q_blocks is not specialised: Triton would otherwise compile the kernel again for batches of
-# proteins short enough for one query block (q_blocks == 1), in the middle of a run.
-@triton.jit(do_not_specialize=["q_blocks"])
-def _rotary_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, cu_ptr, out_ptr, scale, q_blocks,
+# q_shift is not specialised: Triton would otherwise compile the kernel again for batches of
+# proteins of two query blocks (q_shift == 1), in the middle of a run.
+@triton.jit(do_not_specialize=["q_shift"])
+def _rotary_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, cu_ptr, out_ptr, scale, q_shift,
                              H: tl.constexpr, HD: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # query blocks vary fastest, then heads: neighbouring programs read the same protein's rows
-    q_block = tl.program_id(0) % q_blocks
-    pair = tl.program_id(0) // q_blocks
+    # query blocks vary fastest, then heads: neighbouring programs read the same protein's rows.
+    # 2^q_shift query blocks a protein and head, so a shift and a mask, not a division, find them.
+    q_block = tl.program_id(0) & ((1 << q_shift) - 1)
+    pair = tl.program_id(0) >> q_shift
     protein = pair // H
     head = pair % H
     start = tl.load(cu_ptr + protein)
@@ -99,9 +103,9 @@ def launch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: 
     assert three == 3 and head_dim % 32 == 0, qkv.shape
     qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
     out = qkv.new_empty(tokens, heads, head_dim)
-    q_blocks = triton.cdiv(max_len, block_m)
-    grid = ((cu_seqlens.numel() - 1) * heads * q_blocks,)
-    _rotary_attention_kernel[grid](qkv, cos, sin, cu_seqlens, out, scale, q_blocks, H=heads, HD=head_dim,
+    q_shift = (triton.cdiv(max_len, block_m) - 1).bit_length()  # query blocks, rounded up to 2^n
+    grid = ((cu_seqlens.numel() - 1) * heads << q_shift,)
+    _rotary_attention_kernel[grid](qkv, cos, sin, cu_seqlens, out, scale, q_shift, H=heads, HD=head_dim,
                                    BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
                                    num_stages=num_stages)
     return out
