@@ -143,21 +143,34 @@ def timed(fn, warmup: int = 1) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def matmul_rate() -> float:
-    """Measured dense bf16 matmul TFLOP/s (8192^3, random data, median of 10)."""
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+PROBE_SIZE = 8192  # the matrix-rate probe: products of two random bf16 PROBE_SIZE^2 matrices
+PROBE_FLOPS = 2 * PROBE_SIZE**3
+
+
+def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's two matrices, their product run three times to warm up."""
+    a, b = (torch.randn(PROBE_SIZE, PROBE_SIZE, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
         a @ b
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    return a, b
+
+
+def _products_seconds(a: torch.Tensor, b: torch.Tensor, n: int) -> float:
+    """GPU seconds (CUDA events) of n products a @ b launched back to back."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
         a @ b
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * 8192**3 / float(np.median(times)) / 1e12
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def matmul_rate() -> float:
+    """Measured dense bf16 matmul TFLOP/s (8192^3, random data, median of 10)."""
+    a, b = _probe_operands()
+    times = [_products_seconds(a, b, 1) for _ in range(10)]
+    return PROBE_FLOPS / float(np.median(times)) / 1e12
 
 
 def matmul_rate_sustained(seconds: float = 3.0) -> float:
@@ -165,25 +178,10 @@ def matmul_rate_sustained(seconds: float = 3.0) -> float:
     runs), TFLOP/s over the last two thirds: the clocks a sustained load gets under the GPU's
     power limit. matmul_rate's ten products take ~15 ms and catch whatever clocks the GPU has
     at that moment: on an H200 two such probes in one call read 761 and 797 TFLOP/s."""
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    torch.cuda.synchronize()
-    n = max(30, int(seconds / ((time.perf_counter() - t0) / 20)))
-    for _ in range(n // 3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n - n // 3):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * 8192**3 * (n - n // 3) / (start.elapsed_time(end) / 1e3) / 1e12
+    a, b = _probe_operands()
+    n = max(30, int(seconds / (_products_seconds(a, b, 20) / 20)))
+    _products_seconds(a, b, n // 3)  # the first third: the clocks settle
+    return PROBE_FLOPS * (n - n // 3) / _products_seconds(a, b, n - n // 3) / 1e12
 
 
 def esm_flops(proteins: list[str]) -> float:
