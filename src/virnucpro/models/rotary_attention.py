@@ -23,8 +23,9 @@ import torch
 # batch, so a protein's arithmetic never depends on its batch. Measured on an H200 on batches
 # of 150 bp reads' proteins (~52 tokens), 300 bp and 500 bp contig chunks' (102 and 168)
 # (benchmarks/esm_layer_kernels.py --rotary-attention, and whole batches in bench_engine.py
-# --profile). Two stages were faster with the kernel at 134 registers a thread; at its 128,
-# one stage is faster on all three (two need 57 KB of shared memory a program, one 24 KB).
+# --profile). While the kernel divided to find its query block, one stage took 134 registers
+# a thread and two stages (126) were the faster; with a shift and a mask one stage takes 128
+# and is the faster on all three (two stages need 57 KB of shared memory a program, one 24 KB).
 # Stages change when data is loaded, not the arithmetic: the same bits (checked on an H200).
 LAUNCH = dict(block_m=64, block_n=64, num_warps=4, num_stages=1)
 
