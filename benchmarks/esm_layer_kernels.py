@@ -31,7 +31,9 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
                     (benchmarks/fused_gemm_kernel.py, an experiment: not shipped)
   fused_rotary_attention  persistent_layer_norm with the rotation and attention as one Triton
                     kernel (models/rotary_attention.py)
-  fused_both        both fused kernels: the layer as the pipeline runs it on an H200
+  fused_rotary_attention_gelu  fused_rotary_attention with the GELU through erfc
+                    (models/gelu.py): the layer as the pipeline runs it on an H200
+  fused_both        fused_rotary_attention and fused_fc1_gelu (the experiment)
   deferred_residual fused_rotary_attention with the residual add that ends the layer left to
                     the next layer's first LayerNorm (takes and returns x and a pending term)
 Each: ms per call (CUDA events, median of 20), the share of the bf16 matrix rate measured in
@@ -339,10 +341,11 @@ def _(x, w, b):
 
 
 def fused(*kernels: str):
-    """The layer with these fused kernels: "rotary_attention" (shipped, as placement turns
-    it on), "fc1_gelu" (the experiment above)."""
+    """The layer with these fused kernels: "rotary_attention" and "gelu" (shipped, as
+    placement turns them on), "fc1_gelu" (the experiment above)."""
     def variant(layer: TransformerLayer):
         layer.self_attn.fused_rotary_attention = "rotary_attention" in kernels
+        layer.fused_gelu = "gelu" in kernels
         if "fc1_gelu" not in kernels:
             return layer.forward_packed
 
@@ -396,6 +399,7 @@ LAYER_VARIANTS = {
     "aten_gelu": (aten_gelu, 1, persistent_reductions),
     "fused_fc1_gelu": (fused("fc1_gelu"), 1, persistent_reductions),
     "fused_rotary_attention": (fused("rotary_attention"), 1, persistent_reductions),
+    "fused_rotary_attention_gelu": (fused("rotary_attention", "gelu"), 1, persistent_reductions),
     "fused_both": (fused("fc1_gelu", "rotary_attention"), 1, persistent_reductions),
     "deferred_residual": (deferred_residual, 1, persistent_reductions),
 }

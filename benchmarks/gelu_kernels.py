@@ -1,7 +1,9 @@
 """Why ESM-2's GELU kernel runs below the memory bandwidth: GELU over one fc1 output of a
 reads batch ([65,520, 10,240] bf16), as PyTorch's own kernel, as Inductor compiles it
 (dynamic and static shapes) and as hand-written Triton kernels of several launch
-configurations; a bf16 copy and x*2 as the bandwidth ceiling. Also prints the triton_meta
+configurations; a bf16 copy and x*2 as the bandwidth ceiling; and virnucpro's GELU through
+erfc (models/gelu.py, about half the instructions of the erf form) at several launches, with its
+accuracy on the same tensor against the exact GELU in float64. Also prints the triton_meta
 Inductor gives its kernel (which arguments it declares divisible by 16).
 
     python benchmarks/gelu_kernels.py --out gelu_kernels.json
@@ -48,6 +50,22 @@ def gelu_kernel(ptr, out, n, block: tl.constexpr, exact: tl.constexpr):
 gelu_kernel_unspecialised = triton.jit(gelu_kernel.fn, do_not_specialize=["n"])
 
 
+def accuracy(x: torch.Tensor, outputs: dict[str, torch.Tensor], rows: int = 4096) -> dict:
+    """Each bf16 GELU output against the exact GELU in float64 on the first rows of x: the share
+    of values that differ from the correctly rounded bf16 result, and the largest error in
+    bf16 units of the last place (ulps at the exact value's magnitude)."""
+    x64 = x[:rows].double()
+    exact = x64 * 0.5 * torch.special.erfc(-x64 / 2**0.5)
+    correct = exact.to(torch.bfloat16)
+    ulp = (correct.double().abs() * 2**-7).clamp_min(2.0**-133)
+    report = {}
+    for name, out in outputs.items():
+        out = out[:rows]
+        report[name] = {"not_correctly_rounded": float((out != correct).double().mean()),
+                        "max_error_ulps": float(((out.double() - exact).abs() / ulp).max())}
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -82,6 +100,13 @@ def main() -> None:
     rows["triton_gelu_1024_4_size_not_specialised"] = lambda: unspecialised[(cdiv(n, 1024),)](
         x, y, n, block=1024, exact=True, num_warps=4)
     rows["triton_x2_4096_8"] = lambda: specialised[(cdiv(n, 4096),)](x, y, n, block=4096, exact=False, num_warps=8)
+    from virnucpro.models import gelu_kernel as erfc_kernel
+    from virnucpro.models.gelu import gelu as erfc_gelu_op
+
+    for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8)):
+        rows[f"erfc_gelu_{block}_{warps}"] = (lambda b, w: lambda: erfc_kernel.launch(x, block=b, num_warps=w))(
+            block, warps)
+    rows["erfc_gelu_op_as_shipped"] = lambda: erfc_gelu_op(x)
     result = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "shape": [ROWS, WIDTH],
               "inductor_divisibility": metas, "kernels": {}}
@@ -91,6 +116,8 @@ def main() -> None:
         print(name, result["kernels"][name], flush=True)
     specialised[(cdiv(n, 4096),)](x, y, n, block=4096, exact=True, num_warps=8)
     result["hand_gelu_equals_aten_bitwise"] = bool(torch.equal(y, F.gelu(x)))
+    result["accuracy_vs_exact_float64"] = accuracy(x, {"aten_erf_gelu": F.gelu(x), "erfc_gelu": erfc_gelu_op(x)})
+    print(json.dumps(result["accuracy_vs_exact_float64"], indent=1))
     print(json.dumps(metas, indent=1))
     args.out.write_text(json.dumps(result, indent=1))
 

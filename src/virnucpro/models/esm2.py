@@ -199,6 +199,10 @@ class SelfAttention(nn.Module):
 class TransformerLayer(nn.Module):
     """Pre-LayerNorm block: x + attn(LN(x)), then x + fc2(gelu(fc1(LN(x))))."""
 
+    # The GELU as virnucpro::gelu (models/gelu.py: the same function through erfc, in one GPU
+    # kernel of half the instructions); set per module by the code that places it on a GPU.
+    fused_gelu = False
+
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
         self.self_attn_layer_norm = nn.LayerNorm(embed_dim, eps=_LAYER_NORM_EPS)
@@ -216,8 +220,13 @@ class TransformerLayer(nn.Module):
         return x + self._feed_forward(x)
 
     def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc1(self.final_layer_norm(x))
+        if self.fused_gelu:
+            from virnucpro.models.gelu import gelu
+
+            return self.fc2(gelu(hidden))
         # approximate="none": the exact erf GELU the model was trained with.
-        return self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)), approximate="none"))
+        return self.fc2(F.gelu(hidden, approximate="none"))
 
 
 class ESM2(nn.Module):
