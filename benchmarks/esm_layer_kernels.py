@@ -32,9 +32,7 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
   fused_rotary_attention  persistent_layer_norm with the rotation and attention as one Triton
                     kernel (models/rotary_attention.py)
   fused_rotary_attention_gelu  fused_rotary_attention with the GELU through erfc
-                    (models/gelu.py)
-  fused_all         and the residual added in fc2's GEMM: the layer as the pipeline runs it
-                    on an H200
+                    (models/gelu.py): the layer as the pipeline runs it on an H200
   fused_both        fused_rotary_attention and fused_fc1_gelu (the experiment)
   deferred_residual fused_rotary_attention with the residual add that ends the layer left to
                     the next layer's first LayerNorm (takes and returns x and a pending term)
@@ -343,12 +341,11 @@ def _(x, w, b):
 
 
 def fused(*kernels: str):
-    """The layer with these fused kernels: "rotary_attention", "gelu" and "fc2_residual"
-    (shipped, as placement turns them on), "fc1_gelu" (the experiment above)."""
+    """The layer with these fused kernels: "rotary_attention" and "gelu" (shipped, as
+    placement turns them on), "fc1_gelu" (the experiment above)."""
     def variant(layer: TransformerLayer):
         layer.self_attn.fused_rotary_attention = "rotary_attention" in kernels
         layer.fused_gelu = "gelu" in kernels
-        layer.residual_in_fc2 = "fc2_residual" in kernels
         if "fc1_gelu" not in kernels:
             return layer.forward_packed
 
@@ -403,7 +400,6 @@ LAYER_VARIANTS = {
     "fused_fc1_gelu": (fused("fc1_gelu"), 1, persistent_reductions),
     "fused_rotary_attention": (fused("rotary_attention"), 1, persistent_reductions),
     "fused_rotary_attention_gelu": (fused("rotary_attention", "gelu"), 1, persistent_reductions),
-    "fused_all": (fused("rotary_attention", "gelu", "fc2_residual"), 1, persistent_reductions),
     "fused_both": (fused("fc1_gelu", "rotary_attention"), 1, persistent_reductions),
     "deferred_residual": (deferred_residual, 1, persistent_reductions),
 }

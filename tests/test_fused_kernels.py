@@ -28,7 +28,7 @@ CUDA = torch.device("cuda", 0)
 def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_off(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.delenv("VIRNUCPRO_FUSED_KERNELS", raising=False)
-    assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("rotary_attention", "gelu", "fc2_residual")
+    assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("rotary_attention", "gelu")
     assert fused_kernels(CUDA, torch.float16) == FUSED_KERNELS
     assert fused_kernels(torch.device("cpu"), torch.bfloat16) == ()
     assert fused_kernels(CUDA, torch.float32) == ()  # the fp32 reference path
@@ -45,50 +45,24 @@ def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_of
 
 
 def test_placing_esm_turns_the_fused_kernels_on_where_they_apply(monkeypatch):
-    def flags(module):  # (rotary attention, GELU, residual in fc2) of each layer
-        return [(layer.self_attn.fused_rotary_attention, layer.fused_gelu, layer.residual_in_fc2)
-                for layer in module.layers]
+    def flags(module):  # (rotary attention, GELU) of each layer
+        return [(layer.self_attn.fused_rotary_attention, layer.fused_gelu) for layer in module.layers]
 
     arch = dict(num_layers=2, embed_dim=128, attention_heads=4)  # heads of 32
     cpu = torch.device("cpu")
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, False, False)] * 2
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, False)] * 2
     monkeypatch.setattr(placement, "fused_kernels", lambda *args: FUSED_KERNELS)
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(True, True, True)] * 2
-    # heads of 16 (the demo model's): too narrow for the attention kernel's products; the rest
-    # take any width
-    demo_arch = demo.demo_esm().architecture
-    assert flags(placement.EsmOnDevice(demo_arch, cpu, torch.float32).module) == [(False, True, True)] * 2
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(True, True)] * 2
+    # heads of 16 (the demo model's): too narrow for the attention kernel's products; the GELU
+    # takes any width
+    assert flags(placement.EsmOnDevice(demo.demo_esm().architecture, cpu, torch.float32).module) == [(False, True)] * 2
     # heads of 24 (ESM-2 35M's): not a power of two
     assert flags(placement.EsmOnDevice(dict(num_layers=1, embed_dim=480, attention_heads=20), cpu,
-                                       torch.float32).module) == [(False, True, True)]
+                                       torch.float32).module) == [(False, True)]
     # fp8 runs its own layers: left as they are
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module) == [(False, False, False)] * 2
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module) == [(False, False)] * 2
     monkeypatch.setattr(placement, "fused_kernels", lambda *args: ("gelu",))  # the user's choice
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, True, False)] * 2
-
-
-def test_layer_with_the_residual_in_fc2_computes_the_same_function():
-    """fc2's GEMM adding x + bias as its C term: the same layer output up to rounding, in the
-    packed and the padded forward, and through torch.compile (an addmm in its graph)."""
-    from torch._dynamo.testing import EagerAndRecordGraphs
-
-    torch.manual_seed(3)
-    layer = TransformerLayer(128, 4).eval()
-    batch, cos_sin, x = _packed_inputs([11, 40, 25])
-    padded = torch.randn(2, 9, 128)
-    key_mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
-    cos9, sin9 = RotaryEmbedding(32).cos_sin(9, "cpu")
-    with torch.no_grad():
-        expected = layer.forward_packed(x, batch, cos_sin), layer(padded, key_mask, (cos9, sin9))
-        layer.residual_in_fc2 = True
-        got = layer.forward_packed(x, batch, cos_sin), layer(padded, key_mask, (cos9, sin9))
-        backend = EagerAndRecordGraphs()
-        compiled = torch.compile(layer.forward_packed, backend=backend, dynamic=True)(x, batch, cos_sin)
-    for g, e in zip(got, expected):
-        assert g.shape == e.shape and torch.allclose(g, e, rtol=1e-5, atol=1e-5)
-    assert torch.equal(compiled, got[0])
-    assert "addmm" in str(backend.graphs[0].graph)
-    torch._dynamo.reset()
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, True)] * 2
 
 
 def _packed_inputs(lengths, embed_dim=128, heads=4, seed=0):

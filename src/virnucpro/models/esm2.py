@@ -199,12 +199,9 @@ class SelfAttention(nn.Module):
 class TransformerLayer(nn.Module):
     """Pre-LayerNorm block: x + attn(LN(x)), then x + fc2(gelu(fc1(LN(x))))."""
 
-    # Set per module by the code that places it on a GPU (predict/placement.py):
-    # the GELU as virnucpro::gelu (models/gelu.py: the same function through erfc, in one GPU
-    # kernel of half the instructions);
+    # The GELU as virnucpro::gelu (models/gelu.py: the same function through erfc, in one GPU
+    # kernel of half the instructions); set per module by the code that places it on a GPU.
     fused_gelu = False
-    # the residual added inside fc2's GEMM (see _plus_feed_forward).
-    residual_in_fc2 = False
 
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -216,37 +213,20 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
         x = x + self.self_attn(self.self_attn_layer_norm(x), key_mask, cos_sin)
-        return self._plus_feed_forward(x)
+        return x + self._feed_forward(x)
 
     def forward_packed(self, x: torch.Tensor, batch: PackedBatch, cos_sin: CosSin) -> torch.Tensor:
         x = x + self.self_attn.forward_packed(self.self_attn_layer_norm(x), batch, cos_sin)
-        return self._plus_feed_forward(x)
-
-    def _plus_feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x + fc2(gelu(fc1(LN(x))))."""
-        if not self.residual_in_fc2:
-            return x + self._feed_forward(x)
-        # x + fc2's bias as the GEMM's C term: cuBLAS adds it to the fp32 products and rounds
-        # once, and the separate add kernel (a read of two [N, D] tensors and a write) goes.
-        # Compiled, x + bias fuses into the LayerNorm kernel that makes x, from x's fp32
-        # value: two roundings to bf16 (x + bias, then the sum) where there were three (x,
-        # fc2's output, the sum).
-        hidden = self._gelu(self.fc1(self.final_layer_norm(x)))
-        width = x.shape[-1]
-        summed = torch.addmm((x + self.fc2.bias).reshape(-1, width), hidden.reshape(-1, hidden.shape[-1]),
-                             self.fc2.weight.t())
-        return summed.view(x.shape)
+        return x + self._feed_forward(x)
 
     def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self._gelu(self.fc1(self.final_layer_norm(x))))
-
-    def _gelu(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc1(self.final_layer_norm(x))
         if self.fused_gelu:
             from virnucpro.models.gelu import gelu
 
-            return gelu(hidden)
+            return self.fc2(gelu(hidden))
         # approximate="none": the exact erf GELU the model was trained with.
-        return F.gelu(hidden, approximate="none")
+        return self.fc2(F.gelu(hidden, approximate="none"))
 
 
 class ESM2(nn.Module):

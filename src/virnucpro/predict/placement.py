@@ -200,9 +200,8 @@ def _compile_and_warm_up_esm(esm: ESM2) -> None:
 FUSED_GENERATIONS = (9,)
 # ESM-2's fused GPU kernels, by name (VIRNUCPRO_FUSED_KERNELS picks: "0" for none, or a
 # comma-separated list; all by default): the rotation and attention of the packed path in
-# one kernel (models/rotary_attention.py); the GELU through erfc (models/gelu.py); the
-# residual added in fc2's GEMM (TransformerLayer._plus_feed_forward).
-FUSED_KERNELS = ("rotary_attention", "gelu", "fc2_residual")
+# one kernel (models/rotary_attention.py); the GELU through erfc (models/gelu.py).
+FUSED_KERNELS = ("rotary_attention", "gelu")
 
 
 def fused_kernels(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
@@ -231,7 +230,6 @@ def _use_fused_kernels(esm: ESM2, device: torch.device, dtype: torch.dtype) -> N
         layer.self_attn.fused_rotary_attention = ("rotary_attention" in chosen and head >= 32
                                                   and head & (head - 1) == 0)
         layer.fused_gelu = "gelu" in chosen
-        layer.residual_in_fc2 = "fc2_residual" in chosen
 
 
 def _empty_module(architecture: dict, device: torch.device, dtype: torch.dtype) -> ESM2:
