@@ -169,6 +169,10 @@ def test_gpu_gelu_kernel_is_the_exact_gelu_within_tolerance():
     assert _relative_error(got[~near], x[~near]).max() < REL_TOL_FAR_TAIL
     xb = _every_bf16()
     assert bf16_error_ulps(gelu(xb.to(CUDA)).cpu(), xb).max() <= 0.5 + 2**8 * 5e-6
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -20.0], device=CUDA)
+    got_special = gelu(special).cpu()  # the hardware's min/max drop NaNs: the product keeps it
+    assert got_special[0] == float("inf") and got_special[1] == 0 and got_special[2].isnan()
+    assert got_special[3] == 0 and -1e-35 < got_special[4] <= 0
     big = torch.randn(4097, 10240, device=CUDA, dtype=torch.bfloat16) * 3  # ESM-2 3B's width
     assert torch.equal(gelu(big), gelu(big))
     assert torch.equal(gelu(big[1:]), gelu(big)[1:])  # an element's value never depends on its batch
