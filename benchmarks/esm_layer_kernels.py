@@ -36,6 +36,8 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
   fused_both        fused_rotary_attention and fused_fc1_gelu (the experiment)
   deferred_residual fused_rotary_attention with the residual add that ends the layer left to
                     the next layer's first LayerNorm (takes and returns x and a pending term)
+  deferred_add_layer_norm  fused_rotary_attention_gelu with that add and the first
+                    LayerNorm as one hand-written kernel (benchmarks/add_layer_norm_kernel.py)
 Each: ms per call (CUDA events, median of 20), the share of the bf16 matrix rate measured in
 the same run (GEMM + attention FLOPs), the cosine / max relative error against the fp32
 eager layer, and its CUDA kernels by time (torch.profiler, one call).
@@ -372,6 +374,24 @@ def deferred_residual(layer: TransformerLayer):
     return forward
 
 
+def deferred_add_layer_norm(layer: TransformerLayer):
+    """deferred_residual with both shipped kernels (rotary attention, erfc GELU), the add and
+    the first LayerNorm as one hand-written kernel (benchmarks/add_layer_norm_kernel.py, an
+    experiment): it reads x and pending, writes x + pending and its LayerNorm."""
+    from add_layer_norm_kernel import add_layer_norm
+
+    layer.self_attn.fused_rotary_attention = True
+    layer.fused_gelu = True
+    norm = layer.self_attn_layer_norm
+
+    def forward(x, pending, batch, cos_sin):
+        x, h = add_layer_norm(x, pending, norm.weight, norm.bias, norm.eps)
+        x = x + layer.self_attn.forward_packed(h, batch, cos_sin)
+        return x, layer._feed_forward(x)
+    forward.deferred = True
+    return forward
+
+
 def two_layers(layer: TransformerLayer):
     """The same layer twice in one graph: the add that ends the first fuses into the second's
     LayerNorm, as it would if the compiled unit spanned layer boundaries."""
@@ -402,6 +422,7 @@ LAYER_VARIANTS = {
     "fused_rotary_attention_gelu": (fused("rotary_attention", "gelu"), 1, persistent_reductions),
     "fused_both": (fused("fc1_gelu", "rotary_attention"), 1, persistent_reductions),
     "deferred_residual": (deferred_residual, 1, persistent_reductions),
+    "deferred_add_layer_norm": (deferred_add_layer_norm, 1, persistent_reductions),
 }
 
 
