@@ -1,7 +1,10 @@
 """The residual add that ends an ESM-2 layer and the LayerNorm that starts the next, as one
 Triton kernel: x = x_prev + ffn (rounded to the input dtype, as the add kernel rounds it) and
 LN(x) computed from that rounded x, as the LayerNorm kernel reads it. An experiment, not used by
-virnucpro (benchmarks/esm_layer_kernels.py --variants deferred_add_layer_norm).
+virnucpro (benchmarks/esm_layer_kernels.py --variants deferred_add_layer_norm). Measured on an
+H200 it saved 0.06-0.14 ms of a 25-26 ms layer: it replaced 0.82 ms of add and LayerNorm with
+0.60, but Inductor's kernel for the second LayerNorm grew by 0.12-0.16 ms once the layer
+returned its two terms (benchmarks/RESULTS.md, issue 15, seventh session). Not kept.
 
 Why: in a batch of 150 bp reads on an H200 the add kernel (two [N, 2560] reads, one write)
 took 10.9 ms and the first LayerNorm (one read, one write) 9.9 ms, 2.4 TB/s where the
