@@ -18,8 +18,8 @@ from virnucpro.models.esm2 import TransformerLayer
 from virnucpro.models.gelu import gelu, gelu_formula
 
 CUDA = torch.device("cuda", 0)
-# Beyond this the exact GELU of a negative x is below 1e-35 in magnitude (and fp32's exp
-# underflows): the formula's fit covers |x| <= 12.7.
+# Beyond this the exact GELU of a negative x is below 1e-35 in magnitude (fp32's exp leaves
+# its normal range near -13.2): the formula's fit covers |x| <= 12.7.
 RANGE = 12.7
 # The fit's relative error of q is 1.2e-6; fp32 rounding of the polynomial and the exponential
 # adds up to about 2e-6 more. Below x = -6 (|GELU| < 1e-8) the exponent -x^2 / 2 grows to 80,
@@ -91,7 +91,12 @@ def test_special_values():
     assert torch.allclose(got[8:], x[8:] * 0.5, rtol=1e-6, atol=0)
 
 
-def test_op_off_the_gpu_is_the_formula_in_the_inputs_dtype():
+def test_op_off_the_gpu_dispatches_to_the_formula_in_the_inputs_dtype_and_layout():
+    """Dispatch, dtypes and layout (the formula's accuracy is tested above): a contiguous
+    result even for a transposed input, as the fake implementation tells torch.compile."""
+    transposed = gelu(torch.randn(64, 48).t())
+    assert transposed.is_contiguous() and transposed.stride() == gelu._opoverload(
+        torch.empty(48, 64, device="meta")).stride()
     x = torch.randn(3, 7, 9) * 3
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         got = gelu(x.to(dtype))
@@ -123,7 +128,7 @@ def test_polynomial_is_pinned_at_zero_so_small_inputs_keep_fp32_precision():
     1.2e-6 (GELU of tiny x is x/2, exact in bf16: an error there would flip roundings)."""
     assert abs(sum(gelu_module.P_COEFFICIENTS)) < 1e-12
     x = torch.linspace(-1e-4, 1e-4, 20_001)
-    assert _relative_error(gelu_formula(x), x).max() < 5e-7
+    assert _relative_error(gelu_formula(x), x).max() < 8e-7  # measured 4.4e-7
 
 
 def test_gelu_kernel_in_triton_interpreter():
@@ -144,7 +149,8 @@ def test_gelu_kernel_in_triton_interpreter():
         rel = ((got.double() - exact).abs() / exact.abs().clamp_min(1e-300))[checked]
         near = (x >= -6)[checked]
         assert rel[near].max() < REL_TOL and rel.max() < REL_TOL_FAR_TAIL, rel.max()
-        # half precision, not contiguous (fp16: the interpreter truncates to bf16, the GPU rounds)
+        # half precision, not contiguous; fp16, since the interpreter converts fp32 to bf16 by
+        # truncation (the GPU rounds to nearest), so bf16 cannot be checked here
         xh = x.half().view(5, -1)[:, :600]
         gh = launch(xh, block=128)
         assert gh.dtype == torch.float16 and gh.shape == xh.shape
@@ -159,8 +165,8 @@ def test_gelu_kernel_in_triton_interpreter():
 @pytest.mark.gpu
 def test_gpu_gelu_kernel_is_the_exact_gelu_within_tolerance():
     """With rcp.approx and ex2.approx (one and two units of fp32's last place) the kernel stays
-    within 5e-6 of the exact GELU, and its bf16 results within half an ulp of it but for
-    values that close to a rounding midpoint."""
+    within 5e-6 of the exact GELU for x >= -6 (the far tail's bound below), and its bf16
+    results within half an ulp of it but for values that close to a rounding midpoint."""
     _skip_unless_fused("gelu")
     x = _dense_inputs()
     got = gelu(x.to(CUDA)).cpu()

@@ -6,7 +6,8 @@ On the GPU the reciprocal and the exponential are the hardware's approximate one
 instruction; the compiler's own division and exp2 add range checks for inputs this formula never
 gives (t's denominator is at least 1; a result below 2^-126 is flushed to 0, where GELU is
 below 1e-37 in magnitude). The polynomial is evaluated in base 2 (its coefficients times
-log2 e), so the exponential needs no multiply first. Each element is computed alone: the
+log2 e), so the exponential needs no multiply first. (In fp32 those constants sum to 1e-7
+off P(1) = 0: q at x = 0 is 1/2 within 1.3e-7, not exactly as in the formula's base e.) Each element is computed alone: the
 result does not depend on the launch, the batch or the number of GPUs.
 """
 
@@ -70,8 +71,9 @@ def _gelu_kernel(x_ptr, out_ptr, n, k, c6, c5, c4, c3, c2, c1, c0, half_log2e, a
 
 def launch(x: torch.Tensor, *, block: int = LAUNCH["block"], num_warps: int = LAUNCH["num_warps"],
            approx: bool | None = None) -> torch.Tensor:
-    """GELU of every element of x (any shape, fp32/bf16/fp16), in x's dtype. approx: the
-    hardware's reciprocal and exponential (default: on a GPU, not in Triton's interpreter)."""
+    """GELU of every element of x (any shape, fp32/bf16/fp16), in x's dtype, contiguous.
+    approx: the hardware's reciprocal and exponential (default: on a GPU, not in Triton's
+    interpreter)."""
     x = x.contiguous()
     out = torch.empty_like(x)
     n = x.numel()
@@ -80,6 +82,8 @@ def launch(x: torch.Tensor, *, block: int = LAUNCH["block"], num_warps: int = LA
     if approx is None:
         approx = x.is_cuda
     grid = (triton.cdiv(n, block),)
-    _gelu_kernel[grid](x, out, n, K, *_P2, 0.5 * _LOG2E, ABS_CAP, BLOCK=block, APPROX=approx,
-                       num_warps=num_warps)
+    # Triton launches on the current device: make it x's (a worker's GPU need not be device 0)
+    with torch.cuda.device(x.device if x.is_cuda else -1):  # -1: no-op (CPU interpreter)
+        _gelu_kernel[grid](x, out, n, K, *_P2, 0.5 * _LOG2E, ABS_CAP, BLOCK=block, APPROX=approx,
+                           num_warps=num_warps)
     return out

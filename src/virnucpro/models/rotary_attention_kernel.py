@@ -105,7 +105,9 @@ def launch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: 
     out = qkv.new_empty(tokens, heads, head_dim)
     q_shift = (triton.cdiv(max_len, block_m) - 1).bit_length()  # query blocks, rounded up to 2^n
     grid = ((cu_seqlens.numel() - 1) * heads << q_shift,)
-    _rotary_attention_kernel[grid](qkv, cos, sin, cu_seqlens, out, scale, q_shift, H=heads, HD=head_dim,
-                                   BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
-                                   num_stages=num_stages)
+    # Triton launches on the current device: make it qkv's (a worker's GPU need not be device 0)
+    with torch.cuda.device(qkv.device if qkv.is_cuda else -1):  # -1: no-op (CPU interpreter)
+        _rotary_attention_kernel[grid](qkv, cos, sin, cu_seqlens, out, scale, q_shift, H=heads, HD=head_dim,
+                                       BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+                                       num_stages=num_stages)
     return out
