@@ -7,8 +7,9 @@ instruction; the compiler's own division and exp2 add range checks for inputs th
 gives (t's denominator is at least 1; a result below 2^-126 is flushed to 0, where GELU is
 below 1e-37 in magnitude). The polynomial is evaluated in base 2 (its coefficients times
 log2 e), so the exponential needs no multiply first. (In fp32 those constants sum to 1e-7
-off P(1) = 0: q at x = 0 is 1/2 within 1.3e-7, not exactly as in the formula's base e.) Each element is computed alone: the
-result does not depend on the launch, the batch or the number of GPUs.
+off P(1) = 0: q at x = 0 is 1/2 within 1.3e-7, not exactly as in the formula's base e.)
+Each element is computed alone: the result does not depend on the launch, the batch or the
+number of GPUs.
 """
 
 # ruff: noqa: N803 - Triton kernels name their compile-time constants in capitals
