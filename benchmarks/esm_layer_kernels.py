@@ -38,6 +38,10 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
                     the next layer's first LayerNorm (takes and returns x and a pending term)
   deferred_add_layer_norm  fused_rotary_attention_gelu with that add and the first
                     LayerNorm as one hand-written kernel (benchmarks/add_layer_norm_kernel.py)
+  inplace_residual  fused_rotary_attention_gelu with out_proj and fc2 accumulating into the
+                    residual stream in place (x.addmm_(h, W^T): cuBLAS's beta = 1, no add
+                    kernel, no copy) and their biases deferred: the stream is held without
+                    them, and each LayerNorm adds the biases so far (an fp32 [D] vector)
 Each: ms per call (CUDA events, median of 20), the share of the bf16 matrix rate measured in
 the same run (GEMM + attention FLOPs), the cosine / max relative error against the fp32
 eager layer, and its CUDA kernels by time (torch.profiler, one call).
@@ -203,16 +207,23 @@ def layer_rows(batch: PackedBatch, rate: float, lengths: list[int], names: list[
         xb = x.to(torch.bfloat16)
         # a layer that takes its input as two terms (x + pending) and returns its output so:
         # called with pending = 0, its two outputs summed are the layer's output
-        inputs = (xb, torch.zeros_like(xb), batch, cos_sin) if getattr(forward, "deferred", False) else (xb, batch, cos_sin)
+        # one that holds its biases apart (x updated in place): called with bias = 0, x + its
+        # returned bias is the layer's output
+        if getattr(forward, "deferred", False):
+            inputs = (xb, torch.zeros_like(xb), batch, cos_sin)
+        elif getattr(forward, "bias_deferred", False):
+            inputs = (xb.clone(), torch.zeros(D, device="cuda"), batch, cos_sin)
+        else:
+            inputs = (xb, batch, cos_sin)
         with torch.inference_mode():
             with context():  # Inductor's choices apply while it compiles: the first call
                 out = fn(*inputs)
             torch.cuda.synchronize()
             compile_s = time.perf_counter() - t0
+            if isinstance(out, tuple):
+                out = out[0] + out[1]  # before the timing calls: x may be updated in place
             ms = time_ms(lambda: fn(*inputs)) / layers_per_call
             kernels = kernel_times(lambda: fn(*inputs), layers_per_call)
-            if isinstance(out, tuple):
-                out = out[0] + out[1]
         row = {"ms": round(ms, 3), "share_of_matrix_rate": round(flops / ms / 1e9 / rate, 3),
                "compile_s": round(compile_s, 1), "kernels_ms_per_layer": kernels}
         if layers_per_call == 1:  # two layers in a row are not comparable with one fp32 layer
@@ -392,6 +403,41 @@ def deferred_add_layer_norm(layer: TransformerLayer):
     return forward
 
 
+@torch.library.custom_op("virnucpro_bench::accumulate_matmul", mutates_args=("x",))
+def accumulate_matmul(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> None:
+    """x += a w^T in place: one GEMM with beta = 1, its C and D the same buffer."""
+    x.addmm_(a, w.t())
+
+
+def inplace_residual(layer: TransformerLayer):
+    """The shipped layer (rotary attention, erfc GELU) with out_proj and fc2 adding into the
+    residual stream in place, their biases deferred: it takes (x, bias) with x + bias the
+    stream (bias fp32 [D]) and returns the same pair; x is updated in place."""
+    layer.self_attn.fused_rotary_attention = True
+    layer.fused_gelu = True
+    attn = layer.self_attn
+
+    def norm(ln, x, bias):
+        return F.layer_norm(x.float() + bias, ln.normalized_shape, ln.weight.float(), ln.bias.float(),
+                            ln.eps).to(x.dtype)
+
+    def forward(x, bias, batch, cos_sin):
+        from virnucpro.models.gelu import gelu
+        from virnucpro.models.rotary_attention import rotary_attention
+
+        tokens, dim = x.shape
+        cos, sin = cos_sin
+        qkv = attn.qkv_proj(norm(layer.self_attn_layer_norm, x, bias)).view(tokens, 3, attn.num_heads, attn.head_dim)
+        out = rotary_attention(qkv, cos, sin, batch.cu_seqlens, batch.max_len, attn.scaling)
+        accumulate_matmul(x, out.reshape(tokens, dim), attn.out_proj.weight)
+        bias = bias + attn.out_proj.bias.float()
+        hidden = gelu(layer.fc1(norm(layer.final_layer_norm, x, bias)))
+        accumulate_matmul(x, hidden, layer.fc2.weight)
+        return x, bias + layer.fc2.bias.float()
+    forward.bias_deferred = True
+    return forward
+
+
 def two_layers(layer: TransformerLayer):
     """The same layer twice in one graph: the add that ends the first fuses into the second's
     LayerNorm, as it would if the compiled unit spanned layer boundaries."""
@@ -423,6 +469,7 @@ LAYER_VARIANTS = {
     "fused_both": (fused("fc1_gelu", "rotary_attention"), 1, persistent_reductions),
     "deferred_residual": (deferred_residual, 1, persistent_reductions),
     "deferred_add_layer_norm": (deferred_add_layer_norm, 1, persistent_reductions),
+    "inplace_residual": (inplace_residual, 1, persistent_reductions),
 }
 
 

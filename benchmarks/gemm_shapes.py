@@ -1,0 +1,98 @@
+"""ESM-2 3B's four GEMMs at one batch's token count, each called the ways the layer could call
+it, side by side in one run with the bf16 matrix-rate probe: which calls run near the probe's
+rate, and what adding the residual in the GEMM (in place, beta = 1) costs the GEMM.
+
+    python benchmarks/gemm_shapes.py --out gemm_shapes.json [--tokens 65520] [--rounds 5]
+
+GEMMs (x [M, K] bf16 packed tokens, W [N, K]): qkv (K 2560, N 7680), out_proj (2560, 2560),
+fc1 (2560, 10240), fc2 (10240, 2560). Calls:
+  linear        F.linear(x, W, b): what ships (cuBLASLt, the bias in its epilogue)
+  mm            x @ W^T, no bias
+  accumulate    y.addmm_(x, W^T): y += x W^T in place (out_proj and fc2 only: the residual)
+each under both of PyTorch's cuBLAS entry points (torch.backends.cuda.preferred_blas_library
+"cublas" and "cublaslt"). The calls are timed in rounds, every call once a round in turn, so
+that the clocks' drift under load (the probe reads 750-790 TFLOP/s within one call) falls on
+all alike; each row is the median over rounds of the mean of `--repeats` back-to-back calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_engine  # noqa: E402
+from esm_layer_kernels import start_record  # noqa: E402
+
+D = 2560
+SHAPES = {"qkv": (D, 3 * D), "out_proj": (D, D), "fc1": (D, 4 * D), "fc2": (4 * D, D)}
+RESIDUAL = ("out_proj", "fc2")  # the GEMMs whose output is added to the residual stream
+
+
+def calls(name: str, m: int) -> dict:
+    """name's calls, each a function of no arguments, on random unit-scale operands."""
+    k, n = SHAPES[name]
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(n, k, device="cuda") * k**-0.5).to(torch.bfloat16)
+    b = (torch.randn(n, device="cuda") * 0.02).to(torch.bfloat16)
+    y = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    out = {"linear": lambda: F.linear(x, w, b), "mm": lambda: x @ w.t()}
+    if name in RESIDUAL:
+        out["accumulate"] = lambda: y.addmm_(x, w.t())
+    return out
+
+
+def mean_ms(fn, repeats: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tokens", type=int, default=65_520, help="rows M: packed tokens per batch")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args()
+    rate, result = start_record()
+    m = args.tokens
+    timed = {}  # (gemm, call, backend) -> function
+    for name in SHAPES:
+        for call, fn in calls(name, m).items():
+            for backend in ("cublas", "cublaslt"):
+                timed[(name, call, backend)] = fn
+    times: dict = {key: [] for key in timed}
+    for _ in range(args.rounds):
+        for key, fn in timed.items():
+            torch.backends.cuda.preferred_blas_library(key[2])
+            fn()  # warm: the backend's first call picks its kernel
+            times[key].append(mean_ms(fn, args.repeats))
+    torch.backends.cuda.preferred_blas_library("cublas")
+    result["bf16_matrix_rate_after_tflops"] = round(bench_engine.matmul_rate(), 1)
+    result["tokens"] = m
+    rows = {}
+    for (name, call, backend), samples in times.items():
+        k, n = SHAPES[name]
+        ms = float(np.median(samples))
+        tflops = 2 * m * k * n / ms / 1e9
+        rows[f"{name} {call} {backend}"] = {"ms": round(ms, 4), "tflops": round(tflops, 1),
+                                            "share_of_probe": round(tflops / rate, 3),
+                                            "ms_per_round": [round(t, 4) for t in samples]}
+        print(f"{name:9s} {call:10s} {backend:9s} {ms:7.4f} ms {tflops:6.1f} TFLOP/s", flush=True)
+    result["gemms"] = rows
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
