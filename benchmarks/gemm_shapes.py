@@ -13,6 +13,10 @@ each under both of PyTorch's cuBLAS entry points (torch.backends.cuda.preferred_
 "cublas" and "cublaslt"). The calls are timed in rounds, every call once a round in turn, so
 that the clocks' drift under load (the probe reads 750-790 TFLOP/s within one call) falls on
 all alike; each row is the median over rounds of the mean of `--repeats` back-to-back calls.
+Then, for out_proj and fc2, the rounding of the stream each way against float64 (`errors`):
+the shipped y + F.linear(x, W, b) rounds the product, then the sum; the in-place
+y.addmm_(x, W^T) (bias added after, in float64) should round once. Reported as the largest and
+the mean error in units of bf16's last place at the exact value.
 """
 
 from __future__ import annotations
@@ -91,7 +95,38 @@ def main() -> None:
                                             "ms_per_round": [round(t, 4) for t in samples]}
         print(f"{name:9s} {call:10s} {backend:9s} {ms:7.4f} ms {tflops:6.1f} TFLOP/s", flush=True)
     result["gemms"] = rows
+    result["errors"] = {name: stream_errors(name, 8192) for name in RESIDUAL}
+    print(json.dumps(result["errors"], indent=1))
     args.out.write_text(json.dumps(result, indent=1))
+
+
+def ulps(got: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:
+    """(largest, mean) |got - exact| in units of bf16's last place at |exact| (the spacing of
+    bf16 values around it: 2^(floor(log2 |exact|) - 7))."""
+    spacing = torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(1e-30))) - 7)
+    err = ((got.double() - exact).abs() / spacing)
+    return round(float(err.max()), 3), round(float(err.mean()), 4)
+
+
+def stream_errors(name: str, m: int) -> dict:
+    """The residual stream after adding one GEMM's product (bias included), each way, against
+    float64 from the same bf16 operands."""
+    k, n = SHAPES[name]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    w = (torch.randn(n, k, device="cuda", generator=gen) * k**-0.5).to(torch.bfloat16)
+    b = (torch.randn(n, device="cuda", generator=gen) * 0.02).to(torch.bfloat16)
+    y = (torch.randn(m, n, device="cuda", generator=gen) * 2).to(torch.bfloat16)
+    exact_product = x.double() @ w.double().t()
+    exact = y.double() + exact_product + b.double()
+    out = {"shipped: y + linear(x)": ulps(y + F.linear(x, w, b), exact)}
+    for reduced in (True, False):
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = reduced
+        got = y.clone().addmm_(x, w.t())
+        out[f"in place, reduced-precision reduction {reduced}"] = ulps(got, y.double() + exact_product)
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True
+    out["product alone, rounded once (F.linear without bias)"] = ulps(F.linear(x, w), exact_product)
+    return out
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from virnucpro.models.bundle import ModelBundle
 from virnucpro.models.esm2_loader import load_esm2
 from virnucpro.models.formats import save_fair_esm_checkpoint
 from virnucpro.models.protein_alphabet import MASK, encode_proteins
-from virnucpro.predict.compile import compile_packed_layers, uncompile_packed_layers, warm_up_frames
+from virnucpro.predict.compile import PACKED_METHODS, compile_packed_layers, uncompile_packed_layers, warm_up_frames
 from virnucpro.predict.packing import pack_proteins
 from virnucpro.predict.placement import place_predictor
 from virnucpro.predict.precision import Precision
@@ -243,7 +243,7 @@ def test_layers_are_compiled_in_inductors_deterministic_mode(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
     esm = demo.demo_esm()
     compile_packed_layers(esm)
-    assert len(calls) == esm.num_layers
+    assert len(calls) == len(PACKED_METHODS) * esm.num_layers  # (compiled when first called)
     assert all(c["options"].get("deterministic") is True and c["dynamic"] for c in calls)
     # and pointwise kernels are not timed at start-up (beside the weights' copy, the timing
     # picked the slower configuration in some compiles)
@@ -251,31 +251,38 @@ def test_layers_are_compiled_in_inductors_deterministic_mode(monkeypatch):
     uncompile_packed_layers(esm)
 
 
-def test_compiling_traces_each_layer_once(monkeypatch):
+@pytest.mark.parametrize("residual_in_gemm", [False, True])
+def test_compiling_traces_each_layer_once(monkeypatch, residual_in_gemm):
     """Python floats in the layer (the attention scaling, LayerNorm's eps) traced as symbols
     made Dynamo give up and trace the layer a second time: about half of a warm-cache start-up
     compile. compile_packed_layers specialises them; the graph is traced once, through
-    AOTAutograd as with Inductor (the cheaper aot_eager backend stands in for it here)."""
+    AOTAutograd as with Inductor (the cheaper aot_eager backend stands in for it here), and
+    every layer runs that one graph, on either packed path."""
     import torch._dynamo.config
-    from torch._dynamo.utils import compilation_time_metrics
+    from torch._dynamo.utils import compilation_time_metrics, counters
 
     plain_compile = torch.compile
-    monkeypatch.setattr(torch._dynamo.config, "specialize_float", False)  # the default, restored after
-    monkeypatch.setattr(torch, "compile", lambda fn, dynamic, options: plain_compile(fn, dynamic=dynamic,
-                                                                                     backend="aot_eager"))
-    torch._dynamo.reset()
-    traced_before = len(compilation_time_metrics.get("compile_attempt_0", []))
-    retraced_before = len(compilation_time_metrics.get("compile_attempt_1", []))
-    esm = demo.demo_esm()
-    compile_packed_layers(esm)
-    batch = pack_proteins(*encode_proteins([f.aa for f in warm_up_frames()]))
-    with torch.inference_mode():
-        esm.pooled_packed(batch)
-    # Dynamo's own names for its first and second try: the first must be seen (else the names
-    # changed and this test checks nothing), the second must not.
-    assert len(compilation_time_metrics.get("compile_attempt_0", [])) > traced_before
-    assert len(compilation_time_metrics.get("compile_attempt_1", [])) == retraced_before
-    uncompile_packed_layers(esm)
+    # the default, restored after (config.patch: monkeypatch would delete the setting on undo
+    # when the test runs twice, as parametrized)
+    with torch._dynamo.config.patch(specialize_float=False):
+        monkeypatch.setattr(torch, "compile", lambda fn, dynamic, options: plain_compile(fn, dynamic=dynamic,
+                                                                                         backend="aot_eager"))
+        torch._dynamo.reset()
+        traced_before = len(compilation_time_metrics.get("compile_attempt_0", []))
+        retraced_before = len(compilation_time_metrics.get("compile_attempt_1", []))
+        graphs_before = counters["stats"]["unique_graphs"]
+        esm = demo.demo_esm()
+        esm.residual_in_gemm = residual_in_gemm
+        compile_packed_layers(esm)
+        batch = pack_proteins(*encode_proteins([f.aa for f in warm_up_frames()]))
+        with torch.inference_mode():
+            esm.pooled_packed(batch)
+        assert esm.num_layers > 1 and counters["stats"]["unique_graphs"] == graphs_before + 1
+        # Dynamo's own names for its first and second try: the first must be seen (else the names
+        # changed and this test checks nothing), the second must not.
+        assert len(compilation_time_metrics.get("compile_attempt_0", [])) > traced_before
+        assert len(compilation_time_metrics.get("compile_attempt_1", [])) == retraced_before
+        uncompile_packed_layers(esm)
     torch._dynamo.reset()
 
 

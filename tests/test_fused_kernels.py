@@ -28,7 +28,7 @@ CUDA = torch.device("cuda", 0)
 def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_off(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.delenv("VIRNUCPRO_FUSED_KERNELS", raising=False)
-    assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("rotary_attention", "gelu")
+    assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("rotary_attention", "gelu", "residual_in_gemm")
     assert fused_kernels(CUDA, torch.float16) == FUSED_KERNELS
     assert fused_kernels(torch.device("cpu"), torch.bfloat16) == ()
     assert fused_kernels(CUDA, torch.float32) == ()  # the fp32 reference path
@@ -48,11 +48,16 @@ def test_placing_esm_turns_the_fused_kernels_on_where_they_apply(monkeypatch):
     def flags(module):  # (rotary attention, GELU) of each layer
         return [(layer.self_attn.fused_rotary_attention, layer.fused_gelu) for layer in module.layers]
 
+    def residual_in_gemm(module):
+        return module.residual_in_gemm
+
     arch = dict(num_layers=2, embed_dim=128, attention_heads=4)  # heads of 32
     cpu = torch.device("cpu")
     assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, False)] * 2
+    assert not residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32).module)
     monkeypatch.setattr(placement, "fused_kernels", lambda *args: FUSED_KERNELS)
     assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(True, True)] * 2
+    assert residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32).module)
     # heads of 16 (the demo model's): too narrow for the attention kernel's products; the GELU
     # takes any width
     assert flags(placement.EsmOnDevice(demo.demo_esm().architecture, cpu, torch.float32).module) == [(False, True)] * 2
@@ -61,8 +66,10 @@ def test_placing_esm_turns_the_fused_kernels_on_where_they_apply(monkeypatch):
                                        torch.float32).module) == [(False, True)]
     # fp8 runs its own layers: left as they are
     assert flags(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module) == [(False, False)] * 2
+    assert not residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module)
     monkeypatch.setattr(placement, "fused_kernels", lambda *args: ("gelu",))  # the user's choice
     assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, True)] * 2
+    assert not residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32).module)
 
 
 def _packed_inputs(lengths, embed_dim=128, heads=4, seed=0):

@@ -180,6 +180,10 @@ class SelfAttention(nn.Module):
 
     def forward_packed(self, x: torch.Tensor, batch: PackedBatch, cos_sin: CosSin) -> torch.Tensor:
         """x [N, D] packed tokens; cos_sin: each [N, hd], at each token's own position."""
+        return self.out_proj(self.attend_packed(x, batch, cos_sin))
+
+    def attend_packed(self, x: torch.Tensor, batch: PackedBatch, cos_sin: CosSin) -> torch.Tensor:
+        """forward_packed before out_proj: the heads' outputs side by side, [N, D]."""
         tokens, embed_dim = x.shape
         cos, sin = cos_sin
         qkv = self.qkv_proj(x).view(tokens, 3, self.num_heads, self.head_dim)  # [N, 3, H, hd]
@@ -187,13 +191,13 @@ class SelfAttention(nn.Module):
             from virnucpro.models.rotary_attention import rotary_attention
 
             out = rotary_attention(qkv, cos, sin, batch.cu_seqlens, batch.max_len, self.scaling)
-            return self.out_proj(out.reshape(tokens, embed_dim))
+            return out.reshape(tokens, embed_dim)
         q, k, v = qkv.unbind(1)  # each [N, H, hd]
         q = q * self.scaling
         q = _apply_rotary(q, cos[:, None, :], sin[:, None, :])
         k = _apply_rotary(k, cos[:, None, :], sin[:, None, :])
         out = _varlen_attention(q, k, v, batch)  # [N, H, hd]
-        return self.out_proj(out.reshape(tokens, embed_dim))  # [N, D]
+        return out.reshape(tokens, embed_dim)  # [N, D]
 
 
 class TransformerLayer(nn.Module):
@@ -219,17 +223,48 @@ class TransformerLayer(nn.Module):
         x = x + self.self_attn.forward_packed(self.self_attn_layer_norm(x), batch, cos_sin)
         return x + self._feed_forward(x)
 
+    def accumulate_packed(self, x: torch.Tensor, bias: torch.Tensor, batch: PackedBatch,
+                          cos_sin: CosSin) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward_packed with the residual stream held as x + bias (x [N, D] in the model's
+        dtype, bias fp32 [D]: the out_proj and fc2 biases of the layers so far). out_proj and
+        fc2 add their products into x in place, in the GEMM (models/residual_gemm.py), and
+        their biases into bias; each LayerNorm reads x + bias in fp32. Returns (x, bias)."""
+        from virnucpro.models.residual_gemm import accumulate_matmul
+
+        attended = self.self_attn.attend_packed(_layer_norm_plus(self.self_attn_layer_norm, x, bias), batch, cos_sin)
+        accumulate_matmul(x, attended, self.self_attn.out_proj.weight)
+        bias = bias + self.self_attn.out_proj.bias.float()
+        accumulate_matmul(x, self._hidden(_layer_norm_plus(self.final_layer_norm, x, bias)), self.fc2.weight)
+        return x, bias + self.fc2.bias.float()
+
     def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(self.final_layer_norm(x))
+        return self.fc2(self._hidden(self.final_layer_norm(x)))
+
+    def _hidden(self, normed: torch.Tensor) -> torch.Tensor:
+        """gelu(fc1(normed)): fc2's input."""
+        hidden = self.fc1(normed)
         if self.fused_gelu:
             from virnucpro.models.gelu import gelu
 
-            return self.fc2(gelu(hidden))
+            return gelu(hidden)
         # approximate="none": the exact erf GELU the model was trained with.
-        return self.fc2(F.gelu(hidden, approximate="none"))
+        return F.gelu(hidden, approximate="none")
+
+
+def _layer_norm_plus(norm: nn.LayerNorm, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """norm(x + bias), the sum and the normalisation in fp32 (bias fp32 [D]), rounded once to
+    x's dtype: as norm(x) computes in a half-precision model, with the bias added first."""
+    return F.layer_norm(x.float() + bias, norm.normalized_shape, norm.weight.float(), norm.bias.float(),
+                        norm.eps).to(x.dtype)
 
 
 class ESM2(nn.Module):
+    # The packed path adds out_proj's and fc2's products into the residual stream inside their
+    # GEMMs (TransformerLayer.accumulate_packed): no add kernel over the stream after each,
+    # measured -4.5 to -5.5 % a layer of ESM-2 3B on an H200 (benchmarks/RESULTS.md, issue 15,
+    # eighth session). Set by the code that places the model on a GPU.
+    residual_in_gemm = False
+
     def __init__(
         self,
         num_layers: int,
@@ -315,6 +350,11 @@ class ESM2(nn.Module):
             x = x * (1 - _TRAIN_MASK_RATIO) / (1 - observed).to(x.dtype)[:, None]
         # One table of angles for all 36 layers, not rebuilt in each (measured ~4% of a batch).
         cos_sin = self.rotary.packed_cos_sin(batch)
+        if self.residual_in_gemm:
+            bias = x.new_zeros(self.embed_dim, dtype=torch.float32)
+            for layer in self.layers:  # x is a new tensor here: updating it in place is safe
+                x, bias = layer.accumulate_packed(x, bias, batch, cos_sin)
+            return _layer_norm_plus(self.emb_layer_norm_after, x, bias)
         for layer in self.layers:
             x = layer.forward_packed(x, batch, cos_sin)
         return self.emb_layer_norm_after(x)

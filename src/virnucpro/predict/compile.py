@@ -28,6 +28,11 @@ from virnucpro.stages.types import Frame
 log = logging.getLogger("virnucpro")
 
 
+# A layer's packed forward passes: the plain one, and the one that adds into the residual
+# stream in place (ESM2.residual_in_gemm).
+PACKED_METHODS = ("forward_packed", "accumulate_packed")
+
+
 def compile_packed_layers(esm: torch.nn.Module) -> None:
     """torch.compile each ESM-2 layer's packed forward (fuses LayerNorm, rotary, GELU and
     residual adds around the GEMMs). Token counts vary per batch: dynamic shapes, so one
@@ -45,8 +50,9 @@ def compile_packed_layers(esm: torch.nn.Module) -> None:
     factory = options.get("inductor_choices_class")
     choices = factory() if factory else None  # one object for every layer
     for layer in esm.layers:
-        compiled = torch.compile(layer.forward_packed, dynamic=True, options=options)
-        layer.forward_packed = _under_choices(compiled, choices) if choices else compiled
+        for name in PACKED_METHODS:  # torch.compile is lazy: only the one the model calls compiles
+            compiled = torch.compile(getattr(layer, name), dynamic=True, options=options)
+            setattr(layer, name, _under_choices(compiled, choices) if choices else compiled)
 
 
 def _under_choices(compiled, choices):
@@ -123,12 +129,13 @@ def whole_row_choices(up_to: int = WHOLE_ROW_UP_TO, version: int = _CHOICES_VERS
 def uncompile_packed_layers(esm: torch.nn.Module) -> None:
     """Drop the compiled wrappers: the class's own (eager) method shows through again."""
     for layer in esm.layers:
-        layer.__dict__.pop("forward_packed", None)
+        for name in PACKED_METHODS:
+            layer.__dict__.pop(name, None)
 
 
 def is_compiled(esm: torch.nn.Module) -> bool:
     """Whether the layers run compiled code (set by compile_packed_layers, not yet dropped)."""
-    return any("forward_packed" in layer.__dict__ for layer in esm.layers)
+    return any(name in layer.__dict__ for layer in esm.layers for name in PACKED_METHODS)
 
 
 def warm_up_frames() -> list[Frame]:

@@ -200,8 +200,9 @@ def _compile_and_warm_up_esm(esm: ESM2) -> None:
 FUSED_GENERATIONS = (9,)
 # ESM-2's fused GPU kernels, by name (VIRNUCPRO_FUSED_KERNELS picks: "0" for none, or a
 # comma-separated list; all by default): the rotation and attention of the packed path in
-# one kernel (models/rotary_attention.py); the GELU through erfc (models/gelu.py).
-FUSED_KERNELS = ("rotary_attention", "gelu")
+# one kernel (models/rotary_attention.py); the GELU through erfc (models/gelu.py); out_proj's
+# and fc2's products added into the residual stream by their GEMMs (models/residual_gemm.py).
+FUSED_KERNELS = ("rotary_attention", "gelu", "residual_in_gemm")
 
 
 def fused_kernels(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
@@ -222,14 +223,15 @@ def fused_kernels(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
 
 
 def _use_fused_kernels(esm: ESM2, device: torch.device, dtype: torch.dtype) -> None:
-    """Turn ESM-2's fused kernels on in every layer where they apply: the attention kernel
-    takes heads of a power of two of at least 32 elements (ESM-2 3B's are 64)."""
+    """Turn ESM-2's fused kernels on where they apply: the attention kernel takes heads of a
+    power of two of at least 32 elements (ESM-2 3B's are 64)."""
     chosen = fused_kernels(device, dtype)
     for layer in esm.layers:
         head = layer.self_attn.head_dim
         layer.self_attn.fused_rotary_attention = ("rotary_attention" in chosen and head >= 32
                                                   and head & (head - 1) == 0)
         layer.fused_gelu = "gelu" in chosen
+    esm.residual_in_gemm = "residual_in_gemm" in chosen
 
 
 def _empty_module(architecture: dict, device: torch.device, dtype: torch.dtype) -> ESM2:
