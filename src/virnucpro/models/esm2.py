@@ -354,9 +354,12 @@ class ESM2(nn.Module):
             bias = x.new_zeros(self.embed_dim, dtype=torch.float32)
             for layer in self.layers:  # x is a new tensor here: updating it in place is safe
                 x, bias = layer.accumulate_packed(x, bias, batch, cos_sin)
-            return _layer_norm_plus(self.emb_layer_norm_after, x, bias)
-        for layer in self.layers:
-            x = layer.forward_packed(x, batch, cos_sin)
+            # The biases into the stream at last, in place and rounded once (summed in fp32):
+            # no fp32 copy of the whole stream (GBs at a batch of 64k tokens).
+            x = x.add_(bias)
+        else:
+            for layer in self.layers:
+                x = layer.forward_packed(x, batch, cos_sin)
         return self.emb_layer_norm_after(x)
 
     def pooled_packed(self, batch: PackedBatch) -> torch.Tensor:
