@@ -38,6 +38,9 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
                     the next layer's first LayerNorm (takes and returns x and a pending term)
   deferred_add_layer_norm  fused_rotary_attention_gelu with that add and the first
                     LayerNorm as one hand-written kernel (benchmarks/add_layer_norm_kernel.py)
+  accumulate_packed TransformerLayer.accumulate_packed as shipped with every fused kernel on
+                    (rotary attention, erfc GELU, residual in the GEMMs, models/layer_norm.py's
+                    LayerNorm kernel)
   inplace_residual  fused_rotary_attention_gelu with out_proj and fc2 accumulating into the
                     residual stream in place (x.addmm_(h, W^T): cuBLAS's beta = 1, no add
                     kernel, no copy) and their biases deferred: the stream is held without
@@ -438,6 +441,16 @@ def inplace_residual(layer: TransformerLayer):
     return forward
 
 
+def accumulate_packed(layer: TransformerLayer):
+    """The shipped layer on the residual-in-GEMM path, every fused kernel on."""
+    layer.self_attn.fused_rotary_attention = True
+    layer.fused_gelu = True
+    def forward(x, bias, batch, cos_sin):
+        return layer.accumulate_packed(x, bias, batch, cos_sin)
+    forward.bias_deferred = True  # takes and returns (x, bias), as inplace_residual does
+    return forward
+
+
 def two_layers(layer: TransformerLayer):
     """The same layer twice in one graph: the add that ends the first fuses into the second's
     LayerNorm, as it would if the compiled unit spanned layer boundaries."""
@@ -470,6 +483,7 @@ LAYER_VARIANTS = {
     "deferred_residual": (deferred_residual, 1, persistent_reductions),
     "deferred_add_layer_norm": (deferred_add_layer_norm, 1, persistent_reductions),
     "inplace_residual": (inplace_residual, 1, persistent_reductions),
+    "accumulate_packed": (accumulate_packed, 1, persistent_reductions),
 }
 
 

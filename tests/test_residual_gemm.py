@@ -78,8 +78,9 @@ def test_accumulating_layer_updates_its_stream_in_place_and_compiles_without_a_c
 
         stream = x.clone()
         compiled = torch.compile(layer.accumulate_packed, dynamic=True)
-        try:
-            (got, new_bias), codes = run_and_get_code(compiled, stream, bias, batch, cos_sin)
+        try:  # compiled in this thread: a cold cache would otherwise leave a pool of threads
+            with torch._inductor.config.patch(compile_threads=1):
+                (got, new_bias), codes = run_and_get_code(compiled, stream, bias, batch, cos_sin)
         finally:
             torch._dynamo.reset()
     code = "\n".join(codes)
