@@ -69,12 +69,15 @@ def test_layer_norm_kernel_in_triton_interpreter():
 def test_gpu_layer_norm_kernel_matches_the_formula_and_is_deterministic():
     """ESM-2 3B's width in bf16 over a batch-sized row count: each result is the formula's or
     one bf16 rounding step from it (the fp32 sums run in another order), and the same bits
-    every call."""
+    every call. Where the affine step cancels (w y + b near 0) a result is tiny and its fp32
+    error, a few fp32 ulps of the terms (|w y| < 8 here: ~1e-6), is more than its own step:
+    the bound adds 1e-5 absolute."""
     _skip_unless_fused("residual_in_gemm")
     x, shift, weight, bias = (t.to(CUDA) for t in _inputs(20_001, 2560, torch.bfloat16))
     got = layer_norm_plus(x, shift, weight, bias, 1e-5)
     expected = layer_norm_plus_formula(x, shift, weight, bias, 1e-5)
-    step = torch.finfo(torch.bfloat16).eps * expected.float().abs()
-    assert ((got.float() - expected.float()).abs() <= step).all()
+    step = torch.finfo(torch.bfloat16).eps * expected.float().abs() + 1e-5
+    diff = (got.float() - expected.float()).abs()
+    assert (diff <= step).all(), (diff.max(), (diff - step).max(), expected.float().flatten()[(diff - step).argmax()])
     assert (got == expected).double().mean() > 0.99
     assert torch.equal(layer_norm_plus(x, shift, weight, bias, 1e-5), got)
