@@ -15,8 +15,9 @@ that the clocks' drift under load (the probe reads 750-790 TFLOP/s within one ca
 all alike; each row is the median over rounds of the mean of `--repeats` back-to-back calls.
 Then, for out_proj and fc2, the rounding of the stream each way against float64 (`errors`):
 the shipped y + F.linear(x, W, b) rounds the product, then the sum; the in-place
-y.addmm_(x, W^T) (bias added after, in float64) should round once. Reported as the largest and
-the mean error in units of bf16's last place at the exact value.
+y.addmm_(x, W^T) (bias added after, in float64) was measured on an H200 to do the same (cuBLAS
+rounds the product before it adds C). Reported as the largest and the mean error in units of
+bf16's last place at the exact value.
 """
 
 from __future__ import annotations

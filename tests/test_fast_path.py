@@ -205,7 +205,8 @@ def test_a_failing_compilation_falls_back_to_eager(virnucpro_log):
         raise RuntimeError("inductor: simulated compiler failure")
 
     for layer in predictor.esm.layers:
-        layer.forward_packed = broken  # as compile_packed_layers installs its wrappers
+        for name in PACKED_METHODS:  # as compile_packed_layers installs its wrappers
+            setattr(layer, name, broken)
     assert predictor.compiled
     got = predictor.predict(frames)
     assert "torch.compile failed" in virnucpro_log.text and not predictor.compiled

@@ -244,6 +244,7 @@ def test_gpu_placed_esm_runs_the_fused_kernel_and_matches_fp32():
     placed.fill(reference)
     esm = placed.module
     assert all(layer.self_attn.fused_rotary_attention for layer in esm.layers)
+    assert esm.residual_in_gemm  # its random biases are small beside its embeddings
     batch = pack_proteins(*encode_proteins(random_proteins(20, seed=12, longest=200))).to(CUDA)
     with torch.inference_mode():
         got = esm.pooled_packed(batch)

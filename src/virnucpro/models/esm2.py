@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.models.protein_alphabet import ALPHABET_SIZE, MASK, PAD
+from virnucpro.models.protein_alphabet import ALPHABET_SIZE, CLS, EOS, FIRST_RESIDUE, MASK, PAD
 
 # Token dropout was trained with 15% of positions selected and 80% of those replaced by <mask>;
 # at inference fair-esm rescales embeddings by (1 - 0.12) / (1 - observed mask ratio).
@@ -264,8 +264,9 @@ def _layer_norm_plus(norm: nn.LayerNorm, x: torch.Tensor, bias: torch.Tensor) ->
 class ESM2(nn.Module):
     # The packed path adds out_proj's and fc2's products into the residual stream inside their
     # GEMMs (TransformerLayer.accumulate_packed): no add kernel over the stream after each,
-    # measured -4.5 to -5.5 % a layer of ESM-2 3B on an H200 (benchmarks/RESULTS.md, issue 15,
-    # eighth session). Set by the code that places the model on a GPU.
+    # and LayerNorm as a kernel of its own; a batch of reads of ESM-2 3B 613 -> 591 ms on an
+    # H200 (benchmarks/RESULTS.md, issue 15, eighth session). Set by the code that places the
+    # model on a GPU, where deferred_bias_ratio allows it.
     residual_in_gemm = False
 
     def __init__(
@@ -339,6 +340,29 @@ class ESM2(nn.Module):
         # An elementwise sum, not a matmul: a matmul could silently run in TF32 on GPU.
         summed = (hidden * keep.unsqueeze(-1)).sum(dim=1)  # [B, D]
         return summed / residues.to(torch.float32).unsqueeze(-1)
+
+    @torch.no_grad()
+    def deferred_bias_ratio(self) -> float:
+        """How much the residual-in-GEMM path can add to the stream's rounding error, from the
+        weights alone: the largest norm of the biases it holds apart (the out_proj and fc2
+        biases summed up to any point), over the smallest norm of a token's embedding as it
+        enters the stream (x 0.88 with token dropout).
+
+        Why: the path stores x - B in half precision where the plain path stores x, so a
+        row's rounding error is bounded by 2^-9 (|x| + |B|) instead of 2^-9 |x|, which grows
+        by at most |B| / |x|. The embeddings are the stream's scale at its start (it grows
+        through the layers). Biases that cancel what the GEMMs add would leave x small and B
+        large: the ratio says so before any frame is computed."""
+        held = torch.zeros(self.embed_dim, dtype=torch.float64, device=self.embed_tokens.weight.device)
+        largest = 0.0
+        for layer in self.layers:
+            for linear in (layer.self_attn.out_proj, layer.fc2):
+                held = held + linear.bias.double()
+                largest = max(largest, float(held.norm()))
+        tokens = [CLS, EOS, *range(FIRST_RESIDUE, FIRST_RESIDUE + 21)]  # 20 amino acids and X
+        scale = (1 - _TRAIN_MASK_RATIO) if self.token_dropout else 1.0
+        smallest = float(self.embed_tokens.weight[tokens].double().norm(dim=1).min()) * scale
+        return largest / smallest if smallest > 0 else float("inf")
 
     def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
         """Last-layer representation of packed proteins, [N, D] (no padding anywhere)."""

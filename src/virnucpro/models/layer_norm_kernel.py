@@ -35,7 +35,9 @@ def _layer_norm_kernel(x_ptr, shift_ptr, w_ptr, b_ptr, out_ptr, n_rows, eps,
     b = tl.load(b_ptr + cols, mask=in_row, other=0.0).to(tl.float32)
     for r in tl.static_range(ROWS):
         row = tl.program_id(0).to(tl.int64) * ROWS + r
-        mask = in_row & (row < n_rows)
+        # the row check as a full-width tensor: a scalar in the mask is refused by Triton's
+        # interpreter (3.9); on the GPU the same code
+        mask = in_row & ((tl.zeros([BLOCK], tl.int64) + row) < n_rows)
         at = row * WIDTH + cols
         v = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32) + shift  # 0 past the width
         mean = tl.sum(v, axis=0) / WIDTH

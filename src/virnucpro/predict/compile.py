@@ -13,7 +13,8 @@ compiled layer of ~98k packed tokens (benchmarks/esm_layer_kernels.py): the two 
 kernels went from 0.95 + 1.11 ms to 0.39 + 0.45 ms, the layer from 27.0 to 26.0 ms on reads
 and 28.3 to 27.1 ms on contigs, with the same fidelity to fp32. The kernel's configuration is
 fixed by Inductor's heuristics in deterministic mode, never timed, so it is the same in every
-worker.
+worker. (On the residual-in-GEMM path of H100/H200 GPUs, LayerNorm is virnucpro's own op
+instead, models/layer_norm.py, and these choices do not reach it.)
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ PACKED_METHODS = ("forward_packed", "accumulate_packed")
 
 def compile_packed_layers(esm: torch.nn.Module) -> None:
     """torch.compile each ESM-2 layer's packed forward (fuses LayerNorm, rotary, GELU and
-    residual adds around the GEMMs). Token counts vary per batch: dynamic shapes, so one
-    compilation serves every batch; the layers share code, so they share the compiled graph."""
+    residual adds around the GEMMs, where they are not virnucpro's own ops already). Token
+    counts vary per batch: dynamic shapes, so one compilation serves every batch; the layers
+    share code, so they share the compiled graph."""
     import torch._dynamo.config
 
     # Python floats (the attention scaling, LayerNorm's eps) as constants, as eager code sees
