@@ -7,11 +7,16 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.varlen import varlen_attn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_engine  # noqa: E402
 
 HEADS, HEAD_DIM, BUDGET = 40, 64, 65_536
 
@@ -19,14 +24,8 @@ HEADS, HEAD_DIM, BUDGET = 40, 64, 65_536
 def time_ms(fn, repeats: int = 20) -> float:
     for _ in range(3):
         fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats
+    return bench_engine.mean_ms(fn, repeats)
 
 
 def main() -> None:

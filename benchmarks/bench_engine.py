@@ -133,6 +133,18 @@ class BusySampler:
         return round(float(np.mean(self.samples)), 1) if self.samples else None
 
 
+def mean_ms(fn, repeats: int) -> float:
+    """GPU milliseconds (CUDA events) of one call of fn, the mean of `repeats` calls launched
+    back to back (the caller warms fn up first)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
 def timed(fn, warmup: int = 1) -> tuple[float, object]:
     for _ in range(warmup):
         fn()

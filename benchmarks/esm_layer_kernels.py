@@ -44,7 +44,8 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
   inplace_residual  fused_rotary_attention_gelu with out_proj and fc2 accumulating into the
                     residual stream in place (x.addmm_(h, W^T): cuBLAS's beta = 1, no add
                     kernel, no copy) and their biases deferred: the stream is held without
-                    them, and each LayerNorm adds the biases so far (an fp32 [D] vector)
+                    them, and each LayerNorm adds the biases so far (an fp32 [D] vector);
+                    accumulate_packed with its LayerNorms compiled by Inductor
 Each: ms per call (CUDA events, median of 20), the share of the bf16 matrix rate measured in
 the same run (GEMM + attention FLOPs), the cosine / max relative error against the fp32
 eager layer, and its CUDA kernels by time (torch.profiler, one call).
@@ -406,36 +407,26 @@ def deferred_add_layer_norm(layer: TransformerLayer):
     return forward
 
 
-@torch.library.custom_op("virnucpro_bench::accumulate_matmul", mutates_args=("x",))
-def accumulate_matmul(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> None:
-    """x += a w^T in place: one GEMM with beta = 1, its C and D the same buffer."""
-    x.addmm_(a, w.t())
-
-
 def inplace_residual(layer: TransformerLayer):
-    """The shipped layer (rotary attention, erfc GELU) with out_proj and fc2 adding into the
-    residual stream in place, their biases deferred: it takes (x, bias) with x + bias the
-    stream (bias fp32 [D]) and returns the same pair; x is updated in place."""
+    """TransformerLayer.accumulate_packed (rotary attention, erfc GELU, the residual in the
+    GEMMs) with its LayerNorms as PyTorch's fp32 arithmetic, which Inductor compiles (as
+    first measured, before models/layer_norm.py's kernel): it takes (x, bias) with x + bias
+    the stream (bias fp32 [D]) and returns the same pair; x is updated in place."""
+    from virnucpro.models.layer_norm import layer_norm_plus_formula
+    from virnucpro.models.residual_gemm import accumulate_matmul
+
     layer.self_attn.fused_rotary_attention = True
     layer.fused_gelu = True
     attn = layer.self_attn
 
     def norm(ln, x, bias):
-        return F.layer_norm(x.float() + bias, ln.normalized_shape, ln.weight.float(), ln.bias.float(),
-                            ln.eps).to(x.dtype)
+        return layer_norm_plus_formula(x, bias, ln.weight, ln.bias, ln.eps)
 
     def forward(x, bias, batch, cos_sin):
-        from virnucpro.models.gelu import gelu
-        from virnucpro.models.rotary_attention import rotary_attention
-
-        tokens, dim = x.shape
-        cos, sin = cos_sin
-        qkv = attn.qkv_proj(norm(layer.self_attn_layer_norm, x, bias)).view(tokens, 3, attn.num_heads, attn.head_dim)
-        out = rotary_attention(qkv, cos, sin, batch.cu_seqlens, batch.max_len, attn.scaling)
-        accumulate_matmul(x, out.reshape(tokens, dim), attn.out_proj.weight)
+        accumulate_matmul(x, attn.attend_packed(norm(layer.self_attn_layer_norm, x, bias), batch, cos_sin),
+                          attn.out_proj.weight)
         bias = bias + attn.out_proj.bias.float()
-        hidden = gelu(layer.fc1(norm(layer.final_layer_norm, x, bias)))
-        accumulate_matmul(x, hidden, layer.fc2.weight)
+        accumulate_matmul(x, layer._hidden(norm(layer.final_layer_norm, x, bias)), layer.fc2.weight)
         return x, bias + layer.fc2.bias.float()
     forward.bias_deferred = True
     return forward

@@ -53,16 +53,6 @@ def calls(name: str, m: int) -> dict:
     return out
 
 
-def mean_ms(fn, repeats: int) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -82,7 +72,7 @@ def main() -> None:
         for key, fn in timed.items():
             torch.backends.cuda.preferred_blas_library(key[2])
             fn()  # warm: the backend's first call picks its kernel
-            times[key].append(mean_ms(fn, args.repeats))
+            times[key].append(bench_engine.mean_ms(fn, args.repeats))
     torch.backends.cuda.preferred_blas_library("cublas")
     result["bf16_matrix_rate_after_tflops"] = round(bench_engine.matmul_rate(), 1)
     result["tokens"] = m

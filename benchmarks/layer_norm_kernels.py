@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_engine  # noqa: E402
 from esm_layer_kernels import persistent_reductions, start_record  # noqa: E402
 
 from virnucpro.models import layer_norm_kernel  # noqa: E402
@@ -31,16 +32,6 @@ from virnucpro.predict.compile import compile_options  # noqa: E402
 
 SWEEP = [(rows, warps) for rows in (1, 2, 4, 8) for warps in (4, 8, 16)]
 EPS = 1e-5
-
-
-def mean_ms(fn, repeats: int = 20) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats
 
 
 def main() -> None:
@@ -75,7 +66,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, fn in ways.items():
                 fn()
-                times[name].append(mean_ms(fn))
+                times[name].append(bench_engine.mean_ms(fn, 20))
     moved = 2 * x.numel() * x.element_size()
     rows_out = {}
     for name, samples in times.items():
