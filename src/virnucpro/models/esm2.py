@@ -353,12 +353,9 @@ class ESM2(nn.Module):
         by at most |B| / |x|. The embeddings are the stream's scale at its start (it grows
         through the layers). Biases that cancel what the GEMMs add would leave x small and B
         large: the ratio says so before any frame is computed."""
-        held = torch.zeros(self.embed_dim, dtype=torch.float64, device=self.embed_tokens.weight.device)
-        largest = 0.0
-        for layer in self.layers:
-            for linear in (layer.self_attn.out_proj, layer.fc2):
-                held = held + linear.bias.double()
-                largest = max(largest, float(held.norm()))
+        biases = torch.stack([linear.bias.double() for layer in self.layers
+                              for linear in (layer.self_attn.out_proj, layer.fc2)])  # in stream order
+        largest = float(biases.cumsum(0).norm(dim=1).max())  # what is held apart at each point
         tokens = [CLS, EOS, *range(FIRST_RESIDUE, FIRST_RESIDUE + 21)]  # 20 amino acids and X
         scale = (1 - _TRAIN_MASK_RATIO) if self.token_dropout else 1.0
         smallest = float(self.embed_tokens.weight[tokens].double().norm(dim=1).min()) * scale
