@@ -5,11 +5,15 @@ chunks' (102) and 500 bp chunks' (168), ~65.5k tokens of 40 heads of 64 each.
 
     python benchmarks/rotary_attention_launch.py --tree ../before . --out F.json
     python benchmarks/rotary_attention_launch.py --tree ../before . --stages 1,2 --maxnreg 0,120,96 --out F.json
+    python benchmarks/rotary_attention_launch.py --tree . --block-m 32,64 --block-n 32,64 --num-warps 4,8 --out F.json
 
 Each tree's kernel is run through its own `launch` with the op's launch configuration
-(models/rotary_attention.py LAUNCH), the stages and register limit (Triton's maxnreg; 0 = none)
-varied on top. The calls are interleaved, 50 timed each after 10 untimed, median reported, so
-the trees see the same clocks. Registers decide how many programs an SM holds at once: on an
+(models/rotary_attention.py LAUNCH), the query and key blocks, the warps, the stages and the
+register limit (Triton's maxnreg; 0 = none) varied on top, every combination of those given.
+Each result is also compared with fp32 attention on the same inputs (the largest and the mean
+|difference|), so launches or kernels whose bits differ are judged by their error, not by
+agreement with each other. The calls are interleaved, 50 timed each after 10 untimed, median
+reported, so the trees see the same clocks. Registers decide how many programs an SM holds at once: on an
 H200 a kernel of 128 registers a thread runs four of 128 threads, one of 130 or more three
 (benchmarks/RESULTS.md, issue 15, sixth session).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import itertools
 import json
 import sys
 import time
@@ -83,41 +88,69 @@ def batch_of(kind: str, rng: np.random.Generator):
     return qkv, cos[positions].contiguous(), sin[positions].contiguous(), cu, max(lengths)
 
 
+def fp32_reference(qkv, cos, sin, cu, scale: float) -> torch.Tensor:
+    """The model's arithmetic in fp32 on the same bf16 inputs: q scaled in bf16 (as the model
+    scales it), both rotated in fp32, softmax attention within each protein; [N, H, hd] fp32.
+    The proteins are padded into one batch with their padding keys masked."""
+    from virnucpro.models.esm2 import _apply_rotary
+
+    q, k, v = qkv.unbind(1)
+    q = _apply_rotary((q * scale).float(), cos[:, None], sin[:, None])
+    k = _apply_rotary(k.float(), cos[:, None], sin[:, None])
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    longest = max(lengths)
+    padded = [torch.nn.utils.rnn.pad_sequence(t.split(lengths), batch_first=True).transpose(1, 2)
+              for t in (q, k, v.float())]  # each [B, H, longest, hd]
+    keep = torch.arange(longest, device=qkv.device)[None, :] < torch.tensor(lengths, device=qkv.device)[:, None]
+    out = torch.nn.functional.scaled_dot_product_attention(*padded, attn_mask=keep[:, None, None, :], scale=1.0)
+    return torch.cat([out[i, :, :n].transpose(0, 1) for i, n in enumerate(lengths)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tree", type=Path, nargs="+", required=True, help="source trees; bits compared to the first")
     ap.add_argument("--stages", default="", help="pipeline stages to try, comma-separated (default: the op's)")
+    ap.add_argument("--block-m", default="", help="query blocks to try, comma-separated (default: the op's)")
+    ap.add_argument("--block-n", default="", help="key blocks to try, comma-separated (default: the op's)")
+    ap.add_argument("--num-warps", default="", help="warps a program to try, comma-separated (default: the op's)")
     ap.add_argument("--maxnreg", default="0", help="register limits to try, comma-separated (0 = none)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("rotary_attention_launch needs a CUDA GPU")
     trees = [(tree, *load_tree(tree, i)) for i, tree in enumerate(args.tree)]
-    stages = [int(s) for s in args.stages.split(",") if s] or [None]
+    def choices(text: str, name: str) -> list[dict]:  # [{}] (the op's own) where none are given
+        return [{name: int(value)} for value in text.split(",") if value] or [{}]
+    overrides = [{k: v for choice in combination for k, v in choice.items()} for combination in itertools.product(
+        choices(args.block_m, "block_m"), choices(args.block_n, "block_n"), choices(args.num_warps, "num_warps"),
+        choices(args.stages, "num_stages"))]
     limits = [int(m) for m in args.maxnreg.split(",") if m]
     result = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "rows": []}
     rng = np.random.default_rng(0)
     for kind in ("reads", "chunks_300bp", "contigs"):
         qkv, cos, sin, cu, longest = batch_of(kind, rng)
+        reference = fp32_reference(qkv, cos, sin, cu, 0.125)
         runs = []  # (row, call)
         for tree, module, config in trees:
-            for stage in stages:
-                for limit in limits:
-                    launch_config = {**config, **({"num_stages": stage} if stage else {})}
-                    recording = _Recording(module._rotary_attention_kernel, limit)
+            for override, limit in itertools.product(overrides, limits):
+                launch_config = {**config, **override}
+                recording = _Recording(module._rotary_attention_kernel, limit)
 
-                    def call(module=module, launch_config=launch_config, recording=recording):
-                        module._rotary_attention_kernel = recording  # launch finds it by name
-                        try:
-                            return module.launch(qkv, cos, sin, cu, longest, 0.125, **launch_config)
-                        finally:
-                            module._rotary_attention_kernel = recording.kernel
-                    out = call()
-                    row = {"kind": kind, "tree": str(tree), "launch": launch_config, "maxnreg": limit,
-                           "registers": recording.compiled.n_regs, "spilled": recording.compiled.n_spills,
-                           "same_bits_as_first": torch.equal(out, runs[0][2]) if runs else True, "times": []}
-                    runs.append((row, call, out))
+                def call(module=module, launch_config=launch_config, recording=recording):
+                    module._rotary_attention_kernel = recording  # launch finds it by name
+                    try:
+                        return module.launch(qkv, cos, sin, cu, longest, 0.125, **launch_config)
+                    finally:
+                        module._rotary_attention_kernel = recording.kernel
+                out = call()
+                error = (out.float() - reference).abs()
+                row = {"kind": kind, "tree": str(tree), "launch": launch_config, "maxnreg": limit,
+                       "registers": recording.compiled.n_regs, "spilled": recording.compiled.n_spills,
+                       "same_bits_as_first": torch.equal(out, runs[0][2]) if runs else True,
+                       "max_abs_error_vs_fp32": float(error.max()), "mean_abs_error_vs_fp32": float(error.mean()),
+                       "times": []}
+                runs.append((row, call, out))
         for rep in range(REPS):  # interleaved, so every launch sees the same clocks
             for row, call, _ in runs:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

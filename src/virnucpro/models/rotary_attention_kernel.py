@@ -28,22 +28,30 @@ import triton.language as tl
 
 
 @triton.jit
-def _rotated(ptr, cos_ptr, sin_ptr, rows, mask, row_stride, HALF: tl.constexpr, scale):
-    """The two halves of each row's head vector, scaled, rotated in fp32 and rounded to the
-    input dtype: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) (cos and sin are the same for
-    both halves, which share their angles)."""
+def _rotated(ptr, cos_ptr, sin_ptr, rows, mask, row_stride, HALF: tl.constexpr, scale, SCALED: tl.constexpr):
+    """The two halves of each row's head vector, scaled (SCALED: the queries), rotated in fp32
+    and rounded to the input dtype: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) (cos and
+    sin are the same for both halves, which share their angles). The keys skip the scaling
+    outright rather than multiply by 1.0: the kernel is re-run for every query block, and its
+    time goes to such per-element instructions and waiting, not to its matrix products."""
     cols = tl.arange(0, HALF)
     at = rows[:, None] * row_stride + cols[None, :]
     x1 = tl.load(ptr + at, mask=mask[:, None], other=0.0)
     x2 = tl.load(ptr + at + HALF, mask=mask[:, None], other=0.0)
     dtype = x1.dtype
     # scaled in the input dtype first, as the model does (q * scaling, then the rotation)
-    x1 = (x1 * scale).to(dtype).to(tl.float32)
-    x2 = (x2 * scale).to(dtype).to(tl.float32)
+    if SCALED:
+        x1 = (x1 * scale).to(dtype)
+        x2 = (x2 * scale).to(dtype)
+    x1 = x1.to(tl.float32)
+    x2 = x2.to(tl.float32)
     trig = rows[:, None] * (2 * HALF) + cols[None, :]
     cos = tl.load(cos_ptr + trig, mask=mask[:, None], other=0.0)
     sin = tl.load(sin_ptr + trig, mask=mask[:, None], other=0.0)
     return (x1 * cos - x2 * sin).to(dtype), (x2 * cos + x1 * sin).to(dtype)
+
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 
 # q_shift is not specialised: Triton would otherwise compile the kernel again for batches of
@@ -69,7 +77,7 @@ def _rotary_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, cu_ptr, out_ptr, scale, 
     sin_ptr += start * HD
     q_rows = q_block * BLOCK_M + tl.arange(0, BLOCK_M)
     q_mask = q_rows < length
-    q1, q2 = _rotated(base, cos_ptr, sin_ptr, q_rows, q_mask, row_stride, HALF, scale)
+    q1, q2 = _rotated(base, cos_ptr, sin_ptr, q_rows, q_mask, row_stride, HALF, scale, SCALED=True)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -78,13 +86,15 @@ def _rotary_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, cu_ptr, out_ptr, scale, 
     for k_start in range(0, length, BLOCK_N):
         k_rows = k_start + tl.arange(0, BLOCK_N)
         k_mask = k_rows < length
-        k1, k2 = _rotated(base + H * HD, cos_ptr, sin_ptr, k_rows, k_mask, row_stride, HALF, 1.0)
+        k1, k2 = _rotated(base + H * HD, cos_ptr, sin_ptr, k_rows, k_mask, row_stride, HALF, 1.0, SCALED=False)
         v = tl.load(base + 2 * H * HD + k_rows[:, None] * row_stride + d[None, :], mask=k_mask[:, None], other=0.0)
         s = tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))  # [BLOCK_M, BLOCK_N] fp32
         s = tl.where(k_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
+        # exp(s - m) as exp2(s log2e - m log2e): one fused multiply-add before the hardware's
+        # exp2, where tl.exp takes a subtraction, then a multiplication by log2e
+        p = tl.math.exp2(s * LOG2E - (m_new * LOG2E)[:, None])
+        alpha = tl.math.exp2((m_i - m_new) * LOG2E)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
