@@ -16,6 +16,13 @@ rounded to the inputs' dtype for the product with v, as flash attention does. Th
 ("rotate half") is applied to the two halves of the head separately, so q k^T is the sum of
 two products over head_dim / 2. Each output is computed by one program in one fixed order: no
 atomics, deterministic, and a protein's result does not depend on the rest of its batch.
+
+Its time goes to per-element instructions (the keys' rotation, redone for every query block,
+and the softmax) and to waiting on memory, not to its matrix products: exp2 with log2e folded
+into one multiply-add, and keys rotated without a multiplication by 1.0, took 2-5 % off a call
+at the same 128 registers (H200, benchmarks/RESULTS.md, ninth session), while a loop that left
+the whole key blocks unmasked took it to 132 registers and was slower. Registers are checked
+without a GPU by benchmarks/kernel_registers.py and pinned by a test.
 """
 
 # ruff: noqa: N803 - Triton kernels name their compile-time constants (tile sizes, flags) in capitals
@@ -32,8 +39,7 @@ def _rotated(ptr, cos_ptr, sin_ptr, rows, mask, row_stride, HALF: tl.constexpr, 
     """The two halves of each row's head vector, scaled (SCALED: the queries), rotated in fp32
     and rounded to the input dtype: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) (cos and
     sin are the same for both halves, which share their angles). The keys skip the scaling
-    outright rather than multiply by 1.0: the kernel is re-run for every query block, and its
-    time goes to such per-element instructions and waiting, not to its matrix products."""
+    outright rather than multiply by 1.0 and round: they are rotated again for every query block."""
     cols = tl.arange(0, HALF)
     at = rows[:, None] * row_stride + cols[None, :]
     x1 = tl.load(ptr + at, mask=mask[:, None], other=0.0)
