@@ -171,9 +171,10 @@ def test_rotary_attention_kernel_in_triton_interpreter():
 
 def test_rotary_attention_kernel_keeps_sixteen_warps_an_sm_on_an_h200():
     """The op's launch compiled for sm_90 (Triton's own ptxas, no GPU needed) spills nothing and
-    leaves room for 16 warps an SM: 4 programs of 4 warps at up to 128 registers a thread. One
-    register more cost the kernel ~20 % on an H200 (benchmarks/RESULTS.md, sixth and ninth
-    sessions), and nothing else would show it before a device run."""
+    leaves room for 16 warps an SM: 4 programs of 4 warps at up to 128 registers a thread. A
+    version at 132 registers (three programs an SM) ran ~20 % slower on an H200, and at 134
+    before that (benchmarks/RESULTS.md, sixth and ninth sessions); nothing else would show it
+    before a device run."""
     try:
         import triton  # noqa: F401
     except ImportError:
