@@ -17,13 +17,15 @@ Needs Triton (it comes with CUDA builds of PyTorch; `pip install triton` beside 
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import json
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rotary_attention_launch import load_tree  # noqa: E402 - the tree's kernel and the op's LAUNCH
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, HEAD_DIM = 40, 64  # ESM-2 3B
@@ -32,29 +34,15 @@ SIGNATURE = {"qkv_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "cu_ptr
              "BLOCK_N": "constexpr"}
 
 
-def op_launch(tree: Path) -> dict:
-    """The op's launch configuration, read from its source (models/rotary_attention.py LAUNCH)."""
-    source = (tree / "src" / "virnucpro" / "models" / "rotary_attention.py").read_text()
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["LAUNCH"]:
-            return {kw.arg: ast.literal_eval(kw.value) for kw in node.value.keywords}
-    raise ValueError(f"{tree}: no LAUNCH in models/rotary_attention.py")
-
-
-def resources(tree: Path, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 1,
+def resources(kernel, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 1,
               max_registers: int = 0) -> dict:
-    """Registers a thread, stack bytes a thread (spills) and shared memory of the tree's kernel
-    compiled for sm_90 with this launch."""
+    """Registers a thread, stack bytes a thread (spills) and shared memory of the rotary
+    attention kernel (a tree's `_rotary_attention_kernel`) compiled for sm_90 with this launch."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    path = tree / "src" / "virnucpro" / "models" / "rotary_attention_kernel.py"
-    spec = importlib.util.spec_from_file_location(f"kernel_registers_{abs(hash(str(path)))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     source = triton.compiler.ASTSource(
-        fn=module._rotary_attention_kernel, signature=SIGNATURE,
-        constexprs={"H": HEADS, "HD": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n},
+        fn=kernel, signature=SIGNATURE, constexprs={"H": HEADS, "HD": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n},
         attrs={(i,): [["tt.divisibility", 16]] for i in range(5)})  # the five tensors' pointers
     options = dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
@@ -74,12 +62,13 @@ def main() -> None:
     ap.add_argument("--tree", type=Path, nargs="+", default=[ROOT])
     ap.add_argument("--launch", nargs="*", default=[], help="BLOCK_M,BLOCK_N,warps,stages[,register limit]")
     args = ap.parse_args()
-    for tree in args.tree:
+    for index, tree in enumerate(args.tree):
+        module, op_launch = load_tree(tree, index)
         launches = [dict(zip(("block_m", "block_n", "num_warps", "num_stages", "max_registers"),
-                             map(int, text.split(",")))) for text in args.launch] or [op_launch(tree)]
+                             map(int, text.split(",")))) for text in args.launch] or [op_launch]
         for launch in launches:
-            print(json.dumps({"tree": str(tree), "launch": launch, **resources(tree, **launch)}), flush=True)
-
+            used = resources(module._rotary_attention_kernel, **launch)
+            print(json.dumps({"tree": str(tree), "launch": launch, **used}), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -90,20 +90,13 @@ def batch_of(kind: str, rng: np.random.Generator):
 
 def fp32_reference(qkv, cos, sin, cu, scale: float) -> torch.Tensor:
     """The model's arithmetic in fp32 on the same bf16 inputs: q scaled in bf16 (as the model
-    scales it), both rotated in fp32, softmax attention within each protein; [N, H, hd] fp32.
-    The proteins are padded into one batch with their padding keys masked."""
-    from virnucpro.models.esm2 import _apply_rotary
+    scales it), both rotated in fp32, then each protein's own softmax attention; [N, H, hd]."""
+    from virnucpro.models.esm2 import _apply_rotary, attention_one_by_one
 
     q, k, v = qkv.unbind(1)
     q = _apply_rotary((q * scale).float(), cos[:, None], sin[:, None])
     k = _apply_rotary(k.float(), cos[:, None], sin[:, None])
-    lengths = (cu[1:] - cu[:-1]).tolist()
-    longest = max(lengths)
-    padded = [torch.nn.utils.rnn.pad_sequence(t.split(lengths), batch_first=True).transpose(1, 2)
-              for t in (q, k, v.float())]  # each [B, H, longest, hd]
-    keep = torch.arange(longest, device=qkv.device)[None, :] < torch.tensor(lengths, device=qkv.device)[:, None]
-    out = torch.nn.functional.scaled_dot_product_attention(*padded, attn_mask=keep[:, None, None, :], scale=1.0)
-    return torch.cat([out[i, :, :n].transpose(0, 1) for i, n in enumerate(lengths)])
+    return attention_one_by_one(q, k, v.float(), cu.tolist())
 
 
 def main() -> None:

@@ -182,12 +182,14 @@ def test_rotary_attention_kernel_keeps_sixteen_warps_an_sm_on_an_h200():
     import importlib.util
     from pathlib import Path
 
+    from virnucpro.models.rotary_attention_kernel import _rotary_attention_kernel
+
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_registers.py"
     spec = importlib.util.spec_from_file_location("kernel_registers", path)
     kernel_registers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kernel_registers)
     launch = rotary_attention.LAUNCH
-    used = kernel_registers.resources(path.parents[1], **launch)
+    used = kernel_registers.resources(_rotary_attention_kernel, **launch)
     per_warp = -(-used["registers"] // 8) * 8 * 32  # registers are handed out 8 a thread at a time
     programs = 65_536 // (per_warp * launch["num_warps"])
     assert used["stack_bytes"] == 0 and programs * launch["num_warps"] >= 16, (launch, used)
