@@ -20,6 +20,11 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from virnucpro.models.gelu_kernel import constants, gelu_of
+
+# The shipped GELU's constants (models/gelu_kernel.py), as compile-time values in the epilogue
+_GK, _C6, _C5, _C4, _C3, _C2, _C1, _C0, _HALF_LOG2E, _CAP = (tl.constexpr(c) for c in constants())
+
 
 @triton.jit
 def _tile_of(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
@@ -34,7 +39,7 @@ def _tile_of(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 @triton.jit
 def _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, off_m, off_n, N: tl.constexpr, K: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GELU: tl.constexpr,
-          RESIDUAL: tl.constexpr):
+          RESIDUAL: tl.constexpr, ERF: tl.constexpr):
     """One output tile: the K loop, then bias, and GELU or the residual, on the fp32
     accumulator; one rounding."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -44,9 +49,12 @@ def _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, off_m, off_n, N: tl.cons
         acc = tl.dot(a, w.T, acc)
     cols = off_n + tl.arange(0, BLOCK_N)
     acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    if GELU:
-        # The exact GELU, as torch's F.gelu(approximate="none"): x/2 (1 + erf(x / sqrt 2)).
+    if GELU and ERF:
+        # The exact GELU, as torch's F.gelu(approximate="none"): x/2 (1 + erf(x / sqrt 2)),
+        # through libdevice's erff (~39 instructions a value; the fifth session's measurements)
         acc = acc * 0.5 * (1.0 + tl.erf(acc * 0.7071067811865476))
+    elif GELU:  # the same GELU as virnucpro's own kernel (20 instructions a value)
+        acc = gelu_of(acc, _GK, _C6, _C5, _C4, _C3, _C2, _C1, _C0, _HALF_LOG2E, _CAP, APPROX=True)
     if RESIDUAL:
         acc += res_desc.load([off_m, off_n]).to(tl.float32)
     out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
@@ -57,18 +65,18 @@ def _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, off_m, off_n, N: tl.cons
 @triton.jit(do_not_specialize=["M"])
 def _linear_gelu_kernel(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: tl.constexpr, K: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr):
+                        GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr, ERF: tl.constexpr):
     """One program per output tile."""
     pid_m, pid_n = _tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, N, K,
-          BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL)
+          BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL, ERF)
 
 
 @triton.jit(do_not_specialize=["M"])
 def _linear_gelu_persistent(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: tl.constexpr, K: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                             GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr,
-                            PROGRAMS: tl.constexpr):
+                            ERF: tl.constexpr, PROGRAMS: tl.constexpr):
     """One program per multiprocessor, walking the tiles: a tile's epilogue can overlap the
     next tile's first loads."""
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -76,7 +84,7 @@ def _linear_gelu_persistent(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: 
     for tile in tl.range(tl.program_id(0), num_pid_m * num_pid_n, PROGRAMS, flatten=True):
         pid_m, pid_n = _tile_of(tile, num_pid_m, num_pid_n, GROUP_M)
         _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, N, K,
-              BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL)
+              BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL, ERF)
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, gelu: bool = True,
@@ -95,7 +103,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, gelu: b
     args = (TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(weight, [bn, bk]),
             out_desc, bias, res_desc, m, n, k)
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config["GROUP_M"], GELU=gelu,
-                RESIDUAL=residual is not None,
+                RESIDUAL=residual is not None, ERF=config.get("erf", False),
                 num_warps=config["num_warps"], num_stages=config["num_stages"])
     if config.get("persistent"):
         programs = min(tiles, _multiprocessors(x.device))

@@ -9,7 +9,10 @@ Rows (x [M, 2560] bf16 packed tokens, W [10240, 2560], M = a batch's tokens):
   cublas_then_gelu       F.gelu(F.linear(...)) compiled as the pipeline compiles it: cuBLAS,
                          then Inductor's pointwise erf GELU standalone (what ships; inside the
                          compiled layer its GELU is faster: compare there, esm_layer_kernels.py)
-  triton_<config>        the fused kernel, one row per launch configuration
+  cublas_then_virnucpro_gelu  F.linear, then virnucpro's own GELU kernel (models/gelu_kernel.py),
+                         what ships since the seventh session of issue 15
+  triton_<config>        the fused kernel, one row per launch configuration (its GELU: the one
+                         of models/gelu_kernel.py since the tenth session; tl.erf before)
   triton_<best>_no_gelu  the best configuration without the GELU (what the epilogue costs)
   inductor_max_autotune  (--inductor-autotune) Inductor's own Triton GEMM templates with the
                          GELU fused, chosen by timing (not usable as shipped: timing at start-up
@@ -36,6 +39,7 @@ import bench_engine  # noqa: E402
 import fused_gemm_kernel  # noqa: E402
 from esm_layer_kernels import start_record, time_ms  # noqa: E402
 
+from virnucpro.models import gelu_kernel  # noqa: E402
 from virnucpro.predict.compile import compile_options  # noqa: E402
 
 K, N = 2560, 10240
@@ -95,7 +99,8 @@ def rows_for(m: int, rate: float, inductor_autotune: bool) -> dict:
                             dynamic=True, options=compile_options())
     rows = {"cublas_linear": measure(lambda: F.linear(x, w, b), F.linear(x.float(), w.float(), b.float()),
                                      flops, rate),
-            "cublas_then_gelu": measure(lambda: unfused(x), ref, flops, rate)}
+            "cublas_then_gelu": measure(lambda: unfused(x), ref, flops, rate),
+            "cublas_then_virnucpro_gelu": measure(lambda: gelu_kernel.launch(F.linear(x, w, b)), ref, flops, rate)}
     best = sweep(rows, lambda config: fused_gemm_kernel.launch(x, w, b, config=config), ref, flops, rate)
     if best is not None:
         rows[name_of(best) + "_no_gelu"] = measure(

@@ -52,11 +52,9 @@ def _exp2(x, APPROX: tl.constexpr):
 
 
 @triton.jit
-def _gelu_kernel(x_ptr, out_ptr, n, k, c6, c5, c4, c3, c2, c1, c0, half_log2e, abs_cap,
-                 BLOCK: tl.constexpr, APPROX: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n
-    x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
+def gelu_of(x, k, c6, c5, c4, c3, c2, c1, c0, half_log2e, abs_cap, APPROX: tl.constexpr):
+    """GELU of fp32 x, elementwise (the formula above; the constants as launch passes them).
+    Also the epilogue of the fused GEMM experiment, benchmarks/fused_gemm_kernel.py."""
     a = tl.abs(x)
     t = _reciprocal(a * k + 1.0, APPROX)
     p = c6 * t + c5
@@ -66,8 +64,22 @@ def _gelu_kernel(x_ptr, out_ptr, n, k, c6, c5, c4, c3, c2, c1, c0, half_log2e, a
     p = p * t + c1
     p = p * t + c0
     q = t * _exp2(p - half_log2e * x * x, APPROX)
-    g = tl.maximum(x, 0.0) - tl.minimum(a, abs_cap) * q
+    return tl.maximum(x, 0.0) - tl.minimum(a, abs_cap) * q
+
+
+@triton.jit
+def _gelu_kernel(x_ptr, out_ptr, n, k, c6, c5, c4, c3, c2, c1, c0, half_log2e, abs_cap,
+                 BLOCK: tl.constexpr, APPROX: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
+    g = gelu_of(x, k, c6, c5, c4, c3, c2, c1, c0, half_log2e, abs_cap, APPROX)
     tl.store(out_ptr + offsets, g.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def constants() -> tuple:
+    """gelu_of's constant arguments after x: k, the base-2 coefficients, half log2 e, the cap."""
+    return (K, *_P2, 0.5 * _LOG2E, ABS_CAP)
 
 
 def launch(x: torch.Tensor, *, block: int = LAUNCH["block"], num_warps: int = LAUNCH["num_warps"],
@@ -85,6 +97,6 @@ def launch(x: torch.Tensor, *, block: int = LAUNCH["block"], num_warps: int = LA
     grid = (triton.cdiv(n, block),)
     # Triton launches on the current device: make it x's (a worker's GPU need not be device 0)
     with torch.cuda.device(x.device if x.is_cuda else -1):  # -1: no-op (CPU interpreter)
-        _gelu_kernel[grid](x, out, n, K, *_P2, 0.5 * _LOG2E, ABS_CAP, BLOCK=block, APPROX=approx,
+        _gelu_kernel[grid](x, out, n, *constants(), BLOCK=block, APPROX=approx,
                            num_warps=num_warps)
     return out
