@@ -193,7 +193,7 @@ def test_signal_stops_cleanly_keeping_finished_shards(tmp_path, one_device, sig,
 
 @pytest.mark.slow
 def test_kill_minus_nine_at_random_moments_then_rerun(tmp_path, reference):
-    """10 runs killed with SIGKILL at random moments (seeded), each rerun to completion in
+    """5 runs killed with SIGKILL at random moments (seeded), each rerun to completion in
     the same folder: every final output equals the uninterrupted reference, so no frame was
     lost or duplicated whatever the moment of the kill."""
     rng = random.Random(20240605)
@@ -203,7 +203,7 @@ def test_kill_minus_nine_at_random_moments_then_rerun(tmp_path, reference):
     proc = cli(sample)
     proc.communicate(timeout=120)
     full_run_s = time.monotonic() - t0
-    for trial in range(10):
+    for trial in range(5):  # 10 before: a minute of CI; the moments spread over the whole run
         shutil.rmtree(result_dir)
         proc = cli(sample)
         time.sleep(rng.uniform(0.0, full_run_s))

@@ -109,22 +109,22 @@ def test_the_workflow_runs_a_killed_part_resumes_and_the_results_are_single_runs
     folder = workflow(tmp_path, {"A": 24, "B": 30})
     marker = tmp_path / "killed"
     killer = tmp_path / "killer.py"
-    killer.write_text(KILLER.format(marker=str(marker), target="parts/B/2of3"))
+    killer.write_text(KILLER.format(marker=str(marker), target="parts/B/2of2"))
     # threads=1: on the CPU the bytes depend on the thread count (the part jobs get -t from
     # their threads); the single runs below use one thread too
     # --resources gpu=2: two part jobs at a time (they run on the CPU here)
     run = ["--profile", "profiles/local", "--cores", "2", "--resources", "gpu=2", "--retries", "0",
-           "--config", "parts=3", "chunk_len=300",
+           "--config", "parts=2", "chunk_len=300",
            f"shard_tokens={SHARD_TOKENS}", "threads=1", "extra=--demo --devices cpu",
            f"command={sys.executable} {killer}"]
     first = snakemake(folder, *run)
     assert marker.exists(), first.stdout + first.stderr
     assert first.returncode != 0
-    assert not (folder / "parts/B/2of3/part.json").exists()
+    assert not (folder / "parts/B/2of2/part.json").exists()
     assert (folder / "results/A/prediction_results.txt").is_file(), "the other sample went on (keep-going)"
     second = snakemake(folder, *run)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert json.loads((folder / "parts/B/2of3/run_summary.json").read_text())["resumed_shards"] >= 1
+    assert json.loads((folder / "parts/B/2of2/run_summary.json").read_text())["resumed_shards"] >= 1
     rows = (folder / "results/samples.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:2] == ["sample", "result_dir"]
     assert [row.split("\t")[:2] for row in rows[1:]] == [["A", str(folder.resolve() / "results/A")],
