@@ -29,9 +29,11 @@ from rotary_attention_launch import load_tree  # noqa: E402 - the tree's kernel 
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, HEAD_DIM = 40, 64  # ESM-2 3B
-SIGNATURE = {"qkv_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "cu_ptr": "*i32", "out_ptr": "*bf16",
-             "scale": "fp32", "q_shift": "i32", "H": "constexpr", "HD": "constexpr", "BLOCK_M": "constexpr",
-             "BLOCK_N": "constexpr"}
+# Types of the kernel's arguments by name; a tree's kernel takes those it names (q_shift: the
+# kernels before the tenth session, one program a query block)
+ARGUMENT_TYPES = {"qkv_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "cu_ptr": "*i32", "out_ptr": "*bf16",
+                  "scale": "fp32", "q_shift": "i32", "H": "constexpr", "HD": "constexpr", "BLOCK_M": "constexpr",
+                  "BLOCK_N": "constexpr"}
 
 
 def resources(kernel, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 1,
@@ -42,7 +44,8 @@ def resources(kernel, block_m: int = 64, block_n: int = 64, num_warps: int = 4, 
     from triton.backends.compiler import GPUTarget
 
     source = triton.compiler.ASTSource(
-        fn=kernel, signature=SIGNATURE, constexprs={"H": HEADS, "HD": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n},
+        fn=kernel, signature={name: ARGUMENT_TYPES[name] for name in kernel.arg_names},
+        constexprs={"H": HEADS, "HD": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n},
         attrs={(i,): [["tt.divisibility", 16]] for i in range(5)})  # the five tensors' pointers
     options = dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)

@@ -2,15 +2,14 @@
 softmax attention within each packed protein, reading q, k and v straight from the qkv
 projection's output and applying the query scaling and the rotary embedding as it loads them.
 
-One program per (protein and head, block of BLOCK_M queries), the query blocks of one protein
-and head launched next to each other, then its heads: so the keys and values one program reads
-from memory are still in L2 for the next (contigs' 168-token proteins take three query blocks
-each). The blocks of a protein are counted up to a power of two, so each program finds its
-protein, head and block with shifts and masks, not divisions; the spare programs return at
-once. That kept the kernel at 128 registers a thread, where a division took it to 134 and cut
-the programs an SM holds at once: measured on an H200 over 65.5k tokens, reads 0.654 -> 0.533
-ms, contigs 1.343 -> 1.004 ms against the first launch order (all proteins' first query
-blocks, then all second ones), with the same bits. The keys of the protein are visited in
+One program per protein and head, walking the protein's blocks of BLOCK_M queries in turn
+(the pipeline's proteins are at most 168 tokens, three blocks, from 500 bp chunks), the
+programs of one protein's heads launched next to each other, so the rows they read are still
+in L2 for the next. Before, one program took one query block, the blocks of a protein counted
+up to a power of two so a shift and a mask found them (a division had cost registers), and the
+spare programs returned at once: a quarter of the programs on contigs. Walking the blocks
+instead took 1.4-3.3 % off a call, with the same bits and the same 128 registers (H200,
+benchmarks/RESULTS.md, tenth session). The keys of the protein are visited in
 blocks of BLOCK_N with the running-maximum ("online") softmax in fp32; the probabilities are
 rounded to the inputs' dtype for the product with v, as flash attention does. The rotation
 ("rotate half") is applied to the two halves of the head separately, so q k^T is the sum of
@@ -60,53 +59,46 @@ def _rotated(ptr, cos_ptr, sin_ptr, rows, mask, row_stride, HALF: tl.constexpr, 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 
-# q_shift is not specialised: Triton would otherwise compile the kernel again for batches of
-# proteins of two query blocks (q_shift == 1), in the middle of a run.
-@triton.jit(do_not_specialize=["q_shift"])
-def _rotary_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, cu_ptr, out_ptr, scale, q_shift,
+@triton.jit
+def _rotary_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, cu_ptr, out_ptr, scale,
                              H: tl.constexpr, HD: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # query blocks vary fastest, then heads: neighbouring programs read the same protein's rows.
-    # 2^q_shift query blocks a protein and head, so a shift and a mask, not a division, find them.
-    q_block = tl.program_id(0) & ((1 << q_shift) - 1)
-    pair = tl.program_id(0) >> q_shift
-    protein = pair // H
+    pair = tl.program_id(0)  # heads vary fastest: neighbouring programs read the same protein's rows
+    protein = pair // H  # H is a compile-time constant: a multiplication and a shift
     head = pair % H
     start = tl.load(cu_ptr + protein)
     length = tl.load(cu_ptr + protein + 1) - start
-    if q_block * BLOCK_M >= length:
-        return
     HALF: tl.constexpr = HD // 2
     row_stride = 3 * H * HD  # qkv is [N, 3, H, hd]
     base = qkv_ptr + start.to(tl.int64) * row_stride + head * HD
     cos_ptr += start * HD  # cos and sin have a row per packed token
     sin_ptr += start * HD
-    q_rows = q_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    q_mask = q_rows < length
-    q1, q2 = _rotated(base, cos_ptr, sin_ptr, q_rows, q_mask, row_stride, HALF, scale, SCALED=True)
-
-    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, HD), dtype=tl.float32)
     d = tl.arange(0, HD)
-    for k_start in range(0, length, BLOCK_N):
-        k_rows = k_start + tl.arange(0, BLOCK_N)
-        k_mask = k_rows < length
-        k1, k2 = _rotated(base + H * HD, cos_ptr, sin_ptr, k_rows, k_mask, row_stride, HALF, 1.0, SCALED=False)
-        v = tl.load(base + 2 * H * HD + k_rows[:, None] * row_stride + d[None, :], mask=k_mask[:, None], other=0.0)
-        s = tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))  # [BLOCK_M, BLOCK_N] fp32
-        s = tl.where(k_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # exp(s - m) as exp2(s log2e - m log2e): one fused multiply-add before the hardware's
-        # exp2, where tl.exp takes a subtraction, then a multiplication by log2e
-        p = tl.math.exp2(s * LOG2E - (m_new * LOG2E)[:, None])
-        alpha = tl.math.exp2((m_i - m_new) * LOG2E)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    out = acc / l_i[:, None]
-    at = (start + q_rows).to(tl.int64)[:, None] * (H * HD) + head * HD + d[None, :]
-    tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty), mask=q_mask[:, None])
+    for q_first in range(0, length, BLOCK_M):
+        q_rows = q_first + tl.arange(0, BLOCK_M)
+        q_mask = q_rows < length
+        q1, q2 = _rotated(base, cos_ptr, sin_ptr, q_rows, q_mask, row_stride, HALF, scale, SCALED=True)
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, HD), dtype=tl.float32)
+        for k_start in range(0, length, BLOCK_N):
+            k_rows = k_start + tl.arange(0, BLOCK_N)
+            k_mask = k_rows < length
+            k1, k2 = _rotated(base + H * HD, cos_ptr, sin_ptr, k_rows, k_mask, row_stride, HALF, 1.0, SCALED=False)
+            v = tl.load(base + 2 * H * HD + k_rows[:, None] * row_stride + d[None, :], mask=k_mask[:, None], other=0.0)
+            s = tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))  # [BLOCK_M, BLOCK_N] fp32
+            s = tl.where(k_mask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # exp(s - m) as exp2(s log2e - m log2e): one fused multiply-add before the hardware's
+            # exp2, where tl.exp takes a subtraction, then a multiplication by log2e
+            p = tl.math.exp2(s * LOG2E - (m_new * LOG2E)[:, None])
+            alpha = tl.math.exp2((m_i - m_new) * LOG2E)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        at = (start + q_rows).to(tl.int64)[:, None] * (H * HD) + head * HD + d[None, :]
+        tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty), mask=q_mask[:, None])
 
 
 def launch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -114,16 +106,16 @@ def launch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: 
            num_warps: int = 4, num_stages: int = 1) -> torch.Tensor:
     """softmax(rot(q s) rot(k)^T) v within each protein; qkv [N, 3, H, hd] (the projection's
     output), cos and sin [N, hd] fp32 at each token's position, cu_seqlens [B+1] int32;
-    returns [N, H, hd] in qkv's dtype."""
+    returns [N, H, hd] in qkv's dtype. max_len (the longest protein) is not needed by this
+    kernel's grid; it stays so that the op and the benchmarks call every version alike."""
     tokens, three, heads, head_dim = qkv.shape
     assert three == 3 and head_dim % 32 == 0, qkv.shape
     qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
     out = qkv.new_empty(tokens, heads, head_dim)
-    q_shift = (triton.cdiv(max_len, block_m) - 1).bit_length()  # query blocks, rounded up to 2^n
-    grid = ((cu_seqlens.numel() - 1) * heads << q_shift,)
+    grid = ((cu_seqlens.numel() - 1) * heads,)
     # Triton launches on the current device: make it qkv's (a worker's GPU need not be device 0)
     with torch.cuda.device(qkv.device if qkv.is_cuda else -1):  # -1: no-op (CPU interpreter)
-        _rotary_attention_kernel[grid](qkv, cos, sin, cu_seqlens, out, scale, q_shift, H=heads, HD=head_dim,
+        _rotary_attention_kernel[grid](qkv, cos, sin, cu_seqlens, out, scale, H=heads, HD=head_dim,
                                        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
                                        num_stages=num_stages)
     return out
