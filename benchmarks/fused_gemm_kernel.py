@@ -3,6 +3,8 @@ with fp32 accumulation and one rounding to the output's dtype. An experiment, no
 virnucpro: measured on an H200 against cuBLAS + Inductor's pointwise kernels
 (benchmarks/linear_gelu_kernels.py, esm_layer_kernels.py --variants fused_fc1_gelu), it lost
 inside the ESM-2 layer, since the Triton GEMM runs 15-20 % under cuBLAS (benchmarks/RESULTS.md).
+With virnucpro's own GELU formula in the epilogue (models/gelu_kernel.py gelu_of, in place of
+tl.erf) it ties with cuBLAS + virnucpro's GELU kernel standalone (tenth session), still no win.
 
 Tiles are read through the Hopper tensor-memory accelerator (TMA descriptors), which also
 zero-fills tiles that run past the matrix edge, so any token count works. No split over K and
@@ -39,7 +41,7 @@ def _tile_of(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 @triton.jit
 def _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, off_m, off_n, N: tl.constexpr, K: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GELU: tl.constexpr,
-          RESIDUAL: tl.constexpr, ERF: tl.constexpr):
+          RESIDUAL: tl.constexpr):
     """One output tile: the K loop, then bias, and GELU or the residual, on the fp32
     accumulator; one rounding."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -49,11 +51,7 @@ def _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, off_m, off_n, N: tl.cons
         acc = tl.dot(a, w.T, acc)
     cols = off_n + tl.arange(0, BLOCK_N)
     acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    if GELU and ERF:
-        # The exact GELU, as torch's F.gelu(approximate="none"): x/2 (1 + erf(x / sqrt 2)),
-        # through libdevice's erff (~39 instructions a value; the fifth session's measurements)
-        acc = acc * 0.5 * (1.0 + tl.erf(acc * 0.7071067811865476))
-    elif GELU:  # the same GELU as virnucpro's own kernel (20 instructions a value)
+    if GELU:  # the exact GELU as virnucpro's own kernel computes it (20 instructions a value)
         acc = gelu_of(acc, _GK, _C6, _C5, _C4, _C3, _C2, _C1, _C0, _HALF_LOG2E, _CAP, APPROX=True)
     if RESIDUAL:
         acc += res_desc.load([off_m, off_n]).to(tl.float32)
@@ -65,18 +63,18 @@ def _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, off_m, off_n, N: tl.cons
 @triton.jit(do_not_specialize=["M"])
 def _linear_gelu_kernel(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: tl.constexpr, K: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr, ERF: tl.constexpr):
+                        GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr):
     """One program per output tile."""
     pid_m, pid_n = _tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, N, K,
-          BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL, ERF)
+          BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL)
 
 
 @triton.jit(do_not_specialize=["M"])
 def _linear_gelu_persistent(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: tl.constexpr, K: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                             GROUP_M: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr,
-                            ERF: tl.constexpr, PROGRAMS: tl.constexpr):
+                            PROGRAMS: tl.constexpr):
     """One program per multiprocessor, walking the tiles: a tile's epilogue can overlap the
     next tile's first loads."""
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -84,7 +82,7 @@ def _linear_gelu_persistent(a_desc, w_desc, out_desc, bias_ptr, res_desc, M, N: 
     for tile in tl.range(tl.program_id(0), num_pid_m * num_pid_n, PROGRAMS, flatten=True):
         pid_m, pid_n = _tile_of(tile, num_pid_m, num_pid_n, GROUP_M)
         _tile(a_desc, w_desc, out_desc, bias_ptr, res_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, N, K,
-              BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL, ERF)
+              BLOCK_M, BLOCK_N, BLOCK_K, GELU, RESIDUAL)
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, gelu: bool = True,
@@ -103,7 +101,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, gelu: b
     args = (TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(weight, [bn, bk]),
             out_desc, bias, res_desc, m, n, k)
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=config["GROUP_M"], GELU=gelu,
-                RESIDUAL=residual is not None, ERF=config.get("erf", False),
+                RESIDUAL=residual is not None,
                 num_warps=config["num_warps"], num_stages=config["num_stages"])
     if config.get("persistent"):
         programs = min(tiles, _multiprocessors(x.device))
