@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -289,15 +291,27 @@ def bench_workload(kind: str, frames: list, bundle: ModelBundle, args, rate: flo
         return round(flops / seconds / 1e12 / of, 3)
 
     variants = {}
-    for name in args.variants.split(","):
-        dtype, compile_ = VARIANTS[name]
+    budgets = [int(b) if b else None for b in args.batch_tokens.split(",")]  # None: the device's own
+    kernel_sets = args.fused_kernels.split(";") if args.fused_kernels else [None]  # None: as the env says
+    settings = list(itertools.product(budgets, kernel_sets))
+    for base_name, (repeat, (budget, kernels)) in itertools.product(args.variants.split(","), enumerate(settings)):
+        name = base_name
+        if len(budgets) > 1:
+            name += f"@{budget or 'auto'}"
+        if kernels is not None and len(kernel_sets) > 1:
+            name += f"[{kernels}]"
+        if len(settings) > 1:
+            name += f"#{repeat}"
+        if kernels is not None:
+            os.environ["VIRNUCPRO_FUSED_KERNELS"] = kernels  # read where the model is placed
+        dtype, compile_ = VARIANTS[base_name]
         b = copy.copy(bundle)
         b.esm, b.dnabert = copy.deepcopy(bundle.esm), copy.deepcopy(bundle.dnabert)
         torch.cuda.reset_peak_memory_stats()
         t_build = time.perf_counter()
         precision = Precision(dtype, dnabert_autocast=dtype != torch.float32, packed=dtype != torch.float32,
                               reference=False)
-        predictor = place_predictor(b, dev, precision, compile=compile_).predictor
+        predictor = place_predictor(b, dev, precision, batch_tokens=budget, compile=compile_).predictor
         if compile_:
             predictor.predict(frames[:256])  # compile outside the timed region
         build = time.perf_counter() - t_build
@@ -320,6 +334,11 @@ def bench_workload(kind: str, frames: list, bundle: ModelBundle, args, rate: flo
     best = variants[best_name]["_predictor"]
     if args.profile:
         out["kernel_profile"] = profile_one_batch(best, frames)
+        out["kernel_profile"]["variant"] = best_name
+        first_name = next(iter(variants))
+        if first_name != best_name:  # the first variant too: the before of a before/after run
+            out["kernel_profile_first_variant"] = profile_one_batch(variants[first_name]["_predictor"], frames)
+            out["kernel_profile_first_variant"]["variant"] = first_name
     dna_seconds, dna_emb = dna_stage(best, frames)
     out["dnabert_bf16_frames_per_s"] = round(len(frames) / dna_seconds, 1)
     with BusySampler() as busy:
@@ -378,6 +397,12 @@ def main() -> None:
     parser.add_argument("--variants", default="bf16_packed_eager,fp16_packed_eager,bf16_packed_compiled,fp16_packed_compiled",
                         help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of one batch")
+    parser.add_argument("--batch-tokens", default="",
+                        help="comma list of ESM-2 token budgets per batch, each variant built and timed with each "
+                        "in turn (repeat a value to alternate: 65536,67584,65536,67584); default the device's own")
+    parser.add_argument("--fused-kernels", default="",
+                        help="semicolon list of VIRNUCPRO_FUSED_KERNELS values, each variant built and timed with "
+                        "each in turn (1;1,gelu_in_gemm;1;1,gelu_in_gemm alternates); default the environment's")
     parser.add_argument("--only", choices=("reads", "contigs"))
     args = parser.parse_args()
     if not torch.cuda.is_available():

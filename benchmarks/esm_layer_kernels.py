@@ -126,7 +126,7 @@ def rotary_attention_rows(batch: PackedBatch, lengths: list[int]) -> dict:
     n = batch.tokens.shape[0]
     qkv = torch.randn(n, 3, H, HD, device="cuda", dtype=torch.bfloat16)
     cos, sin = rotary_for(batch)
-    cu, t, scale = batch.cu_seqlens, batch.max_len, HD**-0.5
+    cu, scale = batch.cu_seqlens, HD**-0.5
     flops = sum(4 * L * L * D for L in lengths)
 
     def rotate(qkv):
@@ -137,11 +137,11 @@ def rotary_attention_rows(batch: PackedBatch, lengths: list[int]) -> dict:
     q32, k32, v32 = (x.float() for x in rotate(qkv.float()))
     ref = esm2.attention_one_by_one(q32, k32, v32, batch.cu_seqlens_host)
     kernels = {"unfused_shipped": lambda: esm2._varlen_attention(*rotate_compiled(qkv), batch),
-               "fused_op": lambda: rotary_attention(qkv, cos, sin, cu, t, scale)}
+               "fused_op": lambda: rotary_attention(qkv, cos, sin, cu, scale)}
     for bm, bn, warps, stages in ROTARY_ATTENTION_SWEEP:
         kernels[f"fused_{bm}x{bn}_w{warps}_s{stages}"] = (
             lambda bm=bm, bn=bn, warps=warps, stages=stages: rotary_attention_kernel.launch(
-                qkv, cos, sin, cu, t, scale, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages))
+                qkv, cos, sin, cu, scale, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages))
     rows = {}
     for name, fn in kernels.items():
         try:

@@ -3,6 +3,13 @@ it, side by side in one run with the bf16 matrix-rate probe: which calls run nea
 rate, and what adding the residual in the GEMM (in place, beta = 1) costs the GEMM.
 
     python benchmarks/gemm_shapes.py --out gemm_shapes.json [--tokens 65520] [--rounds 5]
+    python benchmarks/gemm_shapes.py --out rows.json --shipped --tokens 65520 67536 101376
+
+With several --tokens, every call is timed at each row count (interleaved in the same rounds),
+and `per_tokens` sums the layer's four GEMMs at each: ns a token and the rate. A GEMM's tiles
+are spread over the GPU's SMs in waves; a row count whose tiles leave the last wave nearly
+empty pays for a whole one. `--shipped` keeps only the calls the model makes (qkv and fc1
+through F.linear, out_proj and fc2 accumulating into the stream) on PyTorch's default entry.
 
 GEMMs (x [M, K] bf16 packed tokens, W [N, K]): qkv (K 2560, N 7680), out_proj (2560, 2560),
 fc1 (2560, 10240), fc2 (10240, 2560). Calls:
@@ -38,6 +45,7 @@ from esm_layer_kernels import start_record  # noqa: E402
 D = 2560
 SHAPES = {"qkv": (D, 3 * D), "out_proj": (D, D), "fc1": (D, 4 * D), "fc2": (4 * D, D)}
 RESIDUAL = ("out_proj", "fc2")  # the GEMMs whose output is added to the residual stream
+SHIPPED = {"qkv": "linear", "out_proj": "accumulate", "fc1": "linear", "fc2": "accumulate"}  # models/esm2.py
 
 
 def calls(name: str, m: int) -> dict:
@@ -56,17 +64,21 @@ def calls(name: str, m: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--tokens", type=int, default=65_520, help="rows M: packed tokens per batch")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[65_520], help="rows M: packed tokens per batch")
+    ap.add_argument("--shipped", action="store_true", help="only the calls the model makes, default entry")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
     rate, result = start_record()
-    m = args.tokens
-    timed = {}  # (gemm, call, backend) -> function
-    for name in SHAPES:
-        for call, fn in calls(name, m).items():
-            for backend in ("cublas", "cublaslt"):
-                timed[(name, call, backend)] = fn
+    backends = ("cublas",) if args.shipped else ("cublas", "cublaslt")
+    timed = {}  # (gemm, call, backend, rows) -> function
+    for m in args.tokens:
+        for name in SHAPES:
+            for call, fn in calls(name, m).items():
+                if args.shipped and call != SHIPPED[name]:
+                    continue
+                for backend in backends:
+                    timed[(name, call, backend, m)] = fn
     times: dict = {key: [] for key in timed}
     for _ in range(args.rounds):
         for key, fn in timed.items():
@@ -75,17 +87,25 @@ def main() -> None:
             times[key].append(bench_engine.mean_ms(fn, args.repeats))
     torch.backends.cuda.preferred_blas_library("cublas")
     result["bf16_matrix_rate_after_tflops"] = round(bench_engine.matmul_rate(), 1)
-    result["tokens"] = m
-    rows = {}
-    for (name, call, backend), samples in times.items():
+    result["tokens"] = args.tokens if len(args.tokens) > 1 else args.tokens[0]
+    rows, layer = {}, {}
+    for (name, call, backend, m), samples in times.items():
         k, n = SHAPES[name]
         ms = float(np.median(samples))
         tflops = 2 * m * k * n / ms / 1e9
-        rows[f"{name} {call} {backend}"] = {"ms": round(ms, 4), "tflops": round(tflops, 1),
-                                            "share_of_probe": round(tflops / rate, 3),
-                                            "ms_per_round": [round(t, 4) for t in samples]}
-        print(f"{name:9s} {call:10s} {backend:9s} {ms:7.4f} ms {tflops:6.1f} TFLOP/s", flush=True)
+        key = f"{name} {call} {backend}" + (f" {m}" if len(args.tokens) > 1 else "")
+        rows[key] = {"ms": round(ms, 4), "tflops": round(tflops, 1), "share_of_probe": round(tflops / rate, 3),
+                     "ms_per_round": [round(t, 4) for t in samples]}
+        print(f"{m:7d} {name:9s} {call:10s} {backend:9s} {ms:7.4f} ms {tflops:6.1f} TFLOP/s", flush=True)
+        if call == SHIPPED[name] and backend == "cublas":
+            layer.setdefault(m, []).append((ms, 2 * m * k * n))
     result["gemms"] = rows
+    result["per_tokens"] = {}
+    for m, parts in layer.items():  # the layer's four shipped GEMMs together
+        ms, flop = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        result["per_tokens"][m] = {"ms": round(ms, 4), "ns_per_token": round(ms * 1e6 / m, 3),
+                                   "tflops": round(flop / ms / 1e9, 1)}
+        print(f"{m:7d} layer GEMMs {ms:7.3f} ms {ms * 1e6 / m:7.3f} ns/token {flop / ms / 1e9:6.1f} TFLOP/s", flush=True)
     result["errors"] = {name: stream_errors(name, 8192) for name in RESIDUAL}
     print(json.dumps(result["errors"], indent=1))
     args.out.write_text(json.dumps(result, indent=1))

@@ -11,6 +11,9 @@ Rows (x [M, 2560] bf16 packed tokens, W [10240, 2560], M = a batch's tokens):
                          compiled layer its GELU is faster: compare there, esm_layer_kernels.py)
   cublas_then_virnucpro_gelu  F.linear, then virnucpro's own GELU kernel (models/gelu_kernel.py),
                          what ships since the seventh session of issue 15
+  cublaslt_gelu_epilogue fc1 and GELU as one cuBLASLt call (models/linear_gelu.py): the GELU's
+                         tanh form in the GEMM's epilogue, rounded once (its error is against
+                         the erf GELU in fp32, as every row's)
   triton_<config>        the fused kernel, one row per launch configuration (its GELU: the one
                          of models/gelu_kernel.py since the tenth session; tl.erf before)
   triton_<best>_no_gelu  the best configuration without the GELU (what the epilogue costs)
@@ -40,6 +43,7 @@ import fused_gemm_kernel  # noqa: E402
 from esm_layer_kernels import start_record, time_ms  # noqa: E402
 
 from virnucpro.models import gelu_kernel  # noqa: E402
+from virnucpro.models.linear_gelu import linear_gelu  # noqa: E402
 from virnucpro.predict.compile import compile_options  # noqa: E402
 
 K, N = 2560, 10240
@@ -90,7 +94,7 @@ def measure(fn, ref: torch.Tensor, flops: float, rate: float) -> dict:
             **errors(out, ref)}
 
 
-def rows_for(m: int, rate: float, inductor_autotune: bool) -> dict:
+def rows_for(m: int, rate: float, inductor_autotune: bool, triton: bool = True) -> dict:
     """fc1 + GELU at M rows: the unfused path, the sweep, the best without GELU."""
     x, w, b = inputs(m, K, N)
     ref = F.gelu(x.float() @ w.float().T + b.float())
@@ -100,7 +104,10 @@ def rows_for(m: int, rate: float, inductor_autotune: bool) -> dict:
     rows = {"cublas_linear": measure(lambda: F.linear(x, w, b), F.linear(x.float(), w.float(), b.float()),
                                      flops, rate),
             "cublas_then_gelu": measure(lambda: unfused(x), ref, flops, rate),
-            "cublas_then_virnucpro_gelu": measure(lambda: gelu_kernel.launch(F.linear(x, w, b)), ref, flops, rate)}
+            "cublas_then_virnucpro_gelu": measure(lambda: gelu_kernel.launch(F.linear(x, w, b)), ref, flops, rate),
+            "cublaslt_gelu_epilogue": measure(lambda: linear_gelu(x, w, b), ref, flops, rate)}
+    if not triton:
+        return rows
     best = sweep(rows, lambda config: fused_gemm_kernel.launch(x, w, b, config=config), ref, flops, rate)
     if best is not None:
         rows[name_of(best) + "_no_gelu"] = measure(
@@ -154,11 +161,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tokens", default="65520,98304", help="rows M (packed tokens), comma-separated")
     ap.add_argument("--inductor-autotune", action="store_true")
+    ap.add_argument("--no-triton", action="store_true", help="only the cuBLAS rows (no Triton sweep)")
     ap.add_argument("--fc2", action="store_true", help="also fc2 with the residual add in the epilogue")
     args = ap.parse_args()
     rate, result = start_record()
     for m in (int(t) for t in args.tokens.split(",")):
-        result[f"M={m}"] = rows_for(m, rate, args.inductor_autotune)
+        result[f"M={m}"] = rows_for(m, rate, args.inductor_autotune, not args.no_triton)
         print(json.dumps(result[f"M={m}"]), flush=True)
         if args.fc2:
             result[f"fc2 M={m}"] = fc2_rows_for(m, rate)

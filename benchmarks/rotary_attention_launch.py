@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import inspect
 import itertools
 import json
 import sys
@@ -130,10 +131,13 @@ def main() -> None:
                 launch_config = {**config, **override}
                 recording = _Recording(module._rotary_attention_kernel, limit)
 
-                def call(module=module, launch_config=launch_config, recording=recording):
+                # trees before the kernel walked its query blocks also took the longest protein
+                lengths = (longest,) if "max_len" in inspect.signature(module.launch).parameters else ()
+
+                def call(module=module, launch_config=launch_config, recording=recording, lengths=lengths):
                     module._rotary_attention_kernel = recording  # launch finds it by name
                     try:
-                        return module.launch(qkv, cos, sin, cu, longest, 0.125, **launch_config)
+                        return module.launch(qkv, cos, sin, cu, *lengths, 0.125, **launch_config)
                     finally:
                         module._rotary_attention_kernel = recording.kernel
                 out = call()

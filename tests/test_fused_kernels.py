@@ -28,12 +28,14 @@ CUDA = torch.device("cuda", 0)
 def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_off(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.delenv("VIRNUCPRO_FUSED_KERNELS", raising=False)
-    assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("rotary_attention", "gelu", "residual_in_gemm")
+    assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("rotary_attention", "gelu_in_gemm", "residual_in_gemm")
     assert fused_kernels(CUDA, torch.float16) == FUSED_KERNELS
     assert fused_kernels(torch.device("cpu"), torch.bfloat16) == ()
     assert fused_kernels(CUDA, torch.float32) == ()  # the fp32 reference path
     for value, expected in [("0", ()), ("1", FUSED_KERNELS), ("", ()),
-                            (" rotary_attention ", ("rotary_attention",))]:
+                            (" rotary_attention ", ("rotary_attention",)),
+                            ("1,gelu", (*FUSED_KERNELS, "gelu")),  # the default set and an optional one
+                            ("rotary_attention,gelu,residual_in_gemm", ("rotary_attention", "gelu", "residual_in_gemm"))]:
         monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", value)  # the user's switch
         assert fused_kernels(CUDA, torch.bfloat16) == expected, value
     monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", "rotary_attention,flash")
@@ -45,8 +47,12 @@ def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_of
 
 
 def test_placing_esm_turns_the_fused_kernels_on_where_they_apply(monkeypatch):
-    def flags(module):  # (rotary attention, GELU) of each layer
-        return [(layer.self_attn.fused_rotary_attention, layer.fused_gelu) for layer in module.layers]
+    def flags(module):  # (rotary attention, fc1 and GELU as one GEMM) of each layer
+        assert not any(layer.fused_gelu for layer in module.layers) or chosen == ("gelu",)
+        return [(layer.self_attn.fused_rotary_attention, layer.gelu_in_gemm or layer.fused_gelu)
+                for layer in module.layers]
+
+    chosen = FUSED_KERNELS
 
     def residual_in_gemm(module):
         return module.residual_in_gemm
@@ -67,7 +73,8 @@ def test_placing_esm_turns_the_fused_kernels_on_where_they_apply(monkeypatch):
     # fp8 runs its own layers: left as they are
     assert flags(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module) == [(False, False)] * 2
     assert not residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module)
-    monkeypatch.setattr(placement, "fused_kernels", lambda *args: ("gelu",))  # the user's choice
+    chosen = ("gelu",)
+    monkeypatch.setattr(placement, "fused_kernels", lambda *args: chosen)  # the user's choice
     assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, True)] * 2
     assert not residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32).module)
 
@@ -160,7 +167,7 @@ def test_rotary_attention_kernel_in_triton_interpreter():
         q = _apply_rotary(q * 0.125, cos[:, None], sin[:, None])
         k = _apply_rotary(k, cos[:, None], sin[:, None])
         for block_m, block_n in [(64, 64), (32, 16)]:
-            got = launch(qkv, cos, sin, cu, max(lengths), 0.125, block_m=block_m, block_n=block_n).float()
+            got = launch(qkv, cos, sin, cu, 0.125, block_m=block_m, block_n=block_n).float()
             for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
                 ref = F.scaled_dot_product_attention(*(t[s:e].transpose(0, 1) for t in (q, k, v)),
                                                      scale=1.0).transpose(0, 1)
@@ -196,8 +203,10 @@ def test_rotary_attention_kernel_keeps_sixteen_warps_an_sm_on_an_h200():
 
 
 def _skip_unless_fused(name: str) -> None:
-    if name not in fused_kernels(CUDA, torch.bfloat16):
+    if torch.cuda.get_device_capability(CUDA)[0] not in placement.FUSED_GENERATIONS:
         pytest.skip(f"this GPU runs no fused {name} kernel (not measured on its generation)")
+    if name not in placement.FUSED_KERNELS + placement.OPTIONAL_KERNELS:
+        raise ValueError(f"no fused kernel named {name}")
 
 
 def _attention_inputs(lengths, seed, heads=40, hd=64):
@@ -220,7 +229,7 @@ def test_gpu_fused_rotary_attention_matches_fp32_as_closely_as_the_unfused_path(
     lengths = [52, 3, 168, 17, 130, 52, 1, 64, 65, 200]
     qkv, cos, sin, cu = _attention_inputs(lengths, seed=3)
     scale = 64**-0.5
-    got = rotary_attention.rotary_attention(qkv, cos, sin, cu, max(lengths), scale).float()
+    got = rotary_attention.rotary_attention(qkv, cos, sin, cu, scale).float()
     q, k, v = qkv.unbind(1)
     q32 = _apply_rotary(q.float() * scale, cos[:, None], sin[:, None])
     k32 = _apply_rotary(k.float(), cos[:, None], sin[:, None])
@@ -240,14 +249,14 @@ def test_gpu_fused_rotary_attention_is_deterministic_and_proteins_do_not_depend_
     _skip_unless_fused("rotary_attention")
     lengths = [52, 168, 17, 51, 130]
     qkv, cos, sin, cu = _attention_inputs(lengths, seed=4)
-    first = rotary_attention.rotary_attention(qkv, cos, sin, cu, max(lengths), 0.125)
-    assert torch.equal(first, rotary_attention.rotary_attention(qkv, cos, sin, cu, max(lengths), 0.125))
+    first = rotary_attention.rotary_attention(qkv, cos, sin, cu, 0.125)
+    assert torch.equal(first, rotary_attention.rotary_attention(qkv, cos, sin, cu, 0.125))
     # the 168-token protein, and a 52-token one (a grid of one query block when alone, of
     # three in this batch), each alone
     for start, end in ((int(cu[1]), int(cu[2])), (int(cu[0]), int(cu[1]))):
         alone = rotary_attention.rotary_attention(
             qkv[start:end].clone(), cos[start:end].clone(), sin[start:end].clone(),
-            torch.tensor([0, end - start], dtype=torch.int32, device=CUDA), end - start, 0.125)
+            torch.tensor([0, end - start], dtype=torch.int32, device=CUDA), 0.125)
         assert torch.equal(first[start:end], alone), (start, end)
 
 
@@ -269,7 +278,7 @@ def test_gpu_placed_esm_runs_the_fused_kernel_and_matches_fp32():
     placed = EsmOnDevice(reference.architecture, CUDA, torch.bfloat16, beside=_compile_and_warm_up_esm)
     placed.fill(reference)
     esm = placed.module
-    assert all(layer.self_attn.fused_rotary_attention for layer in esm.layers)
+    assert all(layer.self_attn.fused_rotary_attention and layer.gelu_in_gemm for layer in esm.layers)
     assert esm.residual_in_gemm  # its random biases are small beside its embeddings
     batch = pack_proteins(*encode_proteins(random_proteins(20, seed=12, longest=200))).to(CUDA)
     with torch.inference_mode():

@@ -190,7 +190,7 @@ class SelfAttention(nn.Module):
         if self.fused_rotary_attention:
             from virnucpro.models.rotary_attention import rotary_attention
 
-            out = rotary_attention(qkv, cos, sin, batch.cu_seqlens, batch.max_len, self.scaling)
+            out = rotary_attention(qkv, cos, sin, batch.cu_seqlens, self.scaling)
             return out.reshape(tokens, embed_dim)
         q, k, v = qkv.unbind(1)  # each [N, H, hd]
         q = q * self.scaling
@@ -206,6 +206,9 @@ class TransformerLayer(nn.Module):
     # The GELU as virnucpro::gelu (models/gelu.py: the same function through erfc, in one GPU
     # kernel of half the instructions); set per module by the code that places it on a GPU.
     fused_gelu = False
+    # fc1 and the GELU as one cuBLASLt GEMM with the GELU in its epilogue (models/linear_gelu.py);
+    # set per module, as fused_gelu, where the model is placed on a GPU.
+    gelu_in_gemm = False
 
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -242,6 +245,10 @@ class TransformerLayer(nn.Module):
 
     def _hidden(self, normed: torch.Tensor) -> torch.Tensor:
         """gelu(fc1(normed)): fc2's input."""
+        if self.gelu_in_gemm:
+            from virnucpro.models.linear_gelu import linear_gelu
+
+            return linear_gelu(normed, self.fc1.weight, self.fc1.bias)
         hidden = self.fc1(normed)
         if self.fused_gelu:
             from virnucpro.models.gelu import gelu

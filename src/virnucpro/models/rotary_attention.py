@@ -32,19 +32,20 @@ LAUNCH = dict(block_m=64, block_n=64, num_warps=4, num_stages=1)
 
 @torch.library.custom_op("virnucpro::rotary_attention", mutates_args=())
 def rotary_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_len: int, scale: float) -> torch.Tensor:
+                     scale: float) -> torch.Tensor:
     """softmax(rot(q * scale) rot(k)^T) v within each protein; qkv [N, 3, H, hd] the
     projection's output, cos and sin [N, hd] fp32 at each token's own position, cu_seqlens
-    [B+1] int32 offsets, max_len the longest protein; returns [N, H, hd] in qkv's dtype."""
+    [B+1] int32 offsets; returns [N, H, hd] in qkv's dtype. The grid is one program per
+    protein and head, so no longest length is needed (and none is guarded on)."""
     if qkv.is_cuda:
         from virnucpro.models.rotary_attention_kernel import launch
 
-        return launch(qkv, cos, sin, cu_seqlens, max_len, scale, **LAUNCH)
+        return launch(qkv, cos, sin, cu_seqlens, scale, **LAUNCH)
     return _unfused(qkv, cos, sin, cu_seqlens, scale)
 
 
 @rotary_attention.register_fake
-def _(qkv, cos, sin, cu_seqlens, max_len, scale):
+def _(qkv, cos, sin, cu_seqlens, scale):
     return qkv.new_empty(qkv.shape[0], qkv.shape[2], qkv.shape[3])
 
 

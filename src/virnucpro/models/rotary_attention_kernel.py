@@ -102,12 +102,12 @@ def _rotary_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, cu_ptr, out_ptr, scale,
 
 
 def launch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
-           max_len: int, scale: float, *, block_m: int = 64, block_n: int = 64,
+           scale: float, *, block_m: int = 64, block_n: int = 64,
            num_warps: int = 4, num_stages: int = 1) -> torch.Tensor:
     """softmax(rot(q s) rot(k)^T) v within each protein; qkv [N, 3, H, hd] (the projection's
     output), cos and sin [N, hd] fp32 at each token's position, cu_seqlens [B+1] int32;
-    returns [N, H, hd] in qkv's dtype. max_len (the longest protein) is not needed by this
-    kernel's grid; it stays so that the op and the benchmarks call every version alike."""
+    returns [N, H, hd] in qkv's dtype. One program per protein and head walks the protein's
+    query blocks, so the grid needs no longest length."""
     tokens, three, heads, head_dim = qkv.shape
     assert three == 3 and head_dim % 32 == 0, qkv.shape
     qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()

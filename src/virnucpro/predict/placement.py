@@ -199,13 +199,17 @@ def _compile_and_warm_up_esm(esm: ESM2) -> None:
 # GPU generations (compute capability major) on which the fused kernels were measured: H100
 # and H200. Elsewhere ESM-2 keeps PyTorch's own kernels.
 FUSED_GENERATIONS = (9,)
-# ESM-2's fused GPU kernels, by name (VIRNUCPRO_FUSED_KERNELS picks: "0" for none, or a
-# comma-separated list; all by default): the rotation and attention of the packed path in
-# one kernel (models/rotary_attention.py); the GELU through erfc (models/gelu.py); out_proj's
-# and fc2's products added into the residual stream by their GEMMs (models/residual_gemm.py),
-# with the LayerNorms as a kernel of their own (models/layer_norm.py), where the weights'
-# biases allow it (_check_deferred_biases).
-FUSED_KERNELS = ("rotary_attention", "gelu", "residual_in_gemm")
+# ESM-2's fused GPU kernels, by name (VIRNUCPRO_FUSED_KERNELS picks: "0" for none, "1" for
+# these, or a comma-separated list of names): the rotation and attention of the packed path in
+# one kernel (models/rotary_attention.py); fc1 and its GELU as one cuBLASLt GEMM with the GELU
+# in the epilogue (models/linear_gelu.py); out_proj's and fc2's products added into the
+# residual stream by their GEMMs (models/residual_gemm.py), with the LayerNorms as a kernel of
+# their own (models/layer_norm.py), where the weights' biases allow it (_check_deferred_biases).
+FUSED_KERNELS = ("rotary_attention", "gelu_in_gemm", "residual_in_gemm")
+# Known, not on by default: the exact erf GELU as a kernel of its own after fc1 (models/gelu.py),
+# the path before gelu_in_gemm (named in its place, it restores that path; gelu_in_gemm wins if
+# both are named).
+OPTIONAL_KERNELS = ("gelu",)
 
 
 def fused_kernels(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
@@ -219,10 +223,12 @@ def fused_kernels(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
     if chosen in ("0", ""):
         return ()
     names = tuple(name.strip() for name in chosen.split(","))
-    if unknown := set(names) - set(FUSED_KERNELS) - {"1"}:
+    if unknown := set(names) - set(FUSED_KERNELS) - set(OPTIONAL_KERNELS) - {"1"}:
         raise ValueError(f"VIRNUCPRO_FUSED_KERNELS: unknown kernel(s) {sorted(unknown)}; "
-                         f"known: {', '.join(FUSED_KERNELS)}, or 0 for none")
-    return FUSED_KERNELS if "1" in names else names
+                         f"known: {', '.join(FUSED_KERNELS + OPTIONAL_KERNELS)}, 1 for the default set, or 0 for none")
+    if "1" in names:  # the default set, with any optional ones named beside it
+        return tuple(dict.fromkeys(FUSED_KERNELS + tuple(name for name in names if name != "1")))
+    return names
 
 
 def _use_fused_kernels(esm: ESM2, device: torch.device, dtype: torch.dtype) -> None:
@@ -234,6 +240,7 @@ def _use_fused_kernels(esm: ESM2, device: torch.device, dtype: torch.dtype) -> N
         layer.self_attn.fused_rotary_attention = ("rotary_attention" in chosen and head >= 32
                                                   and head & (head - 1) == 0)
         layer.fused_gelu = "gelu" in chosen
+        layer.gelu_in_gemm = "gelu_in_gemm" in chosen
     esm.residual_in_gemm = "residual_in_gemm" in chosen
 
 
