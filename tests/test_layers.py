@@ -26,7 +26,7 @@ NEVER = {
 # The pure model files: torch (and each other, and the protein alphabet's constants), nothing
 # with I/O or host-side data handling.
 PURE_MODELS = {"esm2.py", "packed_attention.py", "rotary_attention.py", "rotary_attention_kernel.py", "gelu.py", "gelu_kernel.py",
-               "residual_gemm.py", "layer_norm.py", "layer_norm_kernel.py",
+               "residual_gemm.py", "linear_gelu.py", "layer_norm.py", "layer_norm_kernel.py",
                "dnabert_s.py", "classifier.py"}
 MODEL_HELPERS = {"protein_alphabet.py"}
 TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py", "config.py", "errors.py", "layout.py",
