@@ -29,7 +29,8 @@ def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_of
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.delenv("VIRNUCPRO_FUSED_KERNELS", raising=False)
     assert fused_kernels(CUDA, torch.bfloat16) == FUSED_KERNELS == ("rotary_attention", "gelu_in_gemm", "residual_in_gemm")
-    assert fused_kernels(CUDA, torch.float16) == FUSED_KERNELS
+    # fp16 keeps the erf GELU kernel (finer rounding: the tanh form would be the coarser)
+    assert fused_kernels(CUDA, torch.float16) == ("rotary_attention", "gelu", "residual_in_gemm")
     assert fused_kernels(torch.device("cpu"), torch.bfloat16) == ()
     assert fused_kernels(CUDA, torch.float32) == ()  # the fp32 reference path
     for value, expected in [("0", ()), ("1", FUSED_KERNELS), ("", ()),
@@ -38,6 +39,8 @@ def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_of
                             ("rotary_attention,gelu,residual_in_gemm", ("rotary_attention", "gelu", "residual_in_gemm"))]:
         monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", value)  # the user's switch
         assert fused_kernels(CUDA, torch.bfloat16) == expected, value
+    monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", "1,gelu_in_gemm")  # fp16 with the epilogue, asked for
+    assert fused_kernels(CUDA, torch.float16) == ("rotary_attention", "gelu", "residual_in_gemm", "gelu_in_gemm")
     monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", "rotary_attention,flash")
     with pytest.raises(ValueError, match="unknown kernel.*flash"):
         fused_kernels(CUDA, torch.bfloat16)
