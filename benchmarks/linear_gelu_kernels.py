@@ -1,4 +1,5 @@
-"""ESM-2 3B's fc1 + GELU: the shipped unfused path against a fused Triton kernel
+"""ESM-2 3B's fc1 + GELU: the unfused paths and cuBLASLt's GELU epilogue (what ships in bf16)
+against a fused Triton kernel
 (benchmarks/fused_gemm_kernel.py, an experiment) over a sweep of launch configurations, side by
 side in one run with the bf16 matrix-rate probe.
 
@@ -7,11 +8,11 @@ side in one run with the bf16 matrix-rate probe.
 Rows (x [M, 2560] bf16 packed tokens, W [10240, 2560], M = a batch's tokens):
   cublas_linear          F.linear alone: cuBLAS, the GEMM's own time (the floor for fusing)
   cublas_then_gelu       F.gelu(F.linear(...)) compiled as the pipeline compiles it: cuBLAS,
-                         then Inductor's pointwise erf GELU standalone (what ships; inside the
-                         compiled layer its GELU is faster: compare there, esm_layer_kernels.py)
+                         then Inductor's pointwise erf GELU standalone (what shipped first)
   cublas_then_virnucpro_gelu  F.linear, then virnucpro's own GELU kernel (models/gelu_kernel.py),
-                         what ships since the seventh session of issue 15
-  cublaslt_gelu_epilogue fc1 and GELU as one cuBLASLt call (models/linear_gelu.py): the GELU's
+                         what shipped from the seventh to the tenth session of issue 15 (fp16's still)
+  cublaslt_gelu_epilogue fc1 and GELU as one cuBLASLt call (models/linear_gelu.py, bf16's
+                         default since the eleventh session): the GELU's
                          tanh form in the GEMM's epilogue, rounded once (its error is against
                          the erf GELU in fp32, as every row's)
   triton_<config>        the fused kernel, one row per launch configuration (its GELU: the one

@@ -35,12 +35,16 @@ def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_of
     assert fused_kernels(CUDA, torch.float32) == ()  # the fp32 reference path
     for value, expected in [("0", ()), ("1", FUSED_KERNELS), ("", ()),
                             (" rotary_attention ", ("rotary_attention",)),
-                            ("1,gelu", (*FUSED_KERNELS, "gelu")),  # the default set and an optional one
+                            ("1,gelu", ("rotary_attention", "residual_in_gemm", "gelu")),  # gelu in place of gelu_in_gemm
+                            ("gelu,gelu", ("gelu",)),
                             ("rotary_attention,gelu,residual_in_gemm", ("rotary_attention", "gelu", "residual_in_gemm"))]:
         monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", value)  # the user's switch
         assert fused_kernels(CUDA, torch.bfloat16) == expected, value
     monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", "1,gelu_in_gemm")  # fp16 with the epilogue, asked for
-    assert fused_kernels(CUDA, torch.float16) == ("rotary_attention", "gelu", "residual_in_gemm", "gelu_in_gemm")
+    assert fused_kernels(CUDA, torch.float16) == ("rotary_attention", "residual_in_gemm", "gelu_in_gemm")
+    monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", "rotary_attention,gelu,gelu_in_gemm")
+    with pytest.raises(ValueError, match="name one"):
+        fused_kernels(CUDA, torch.bfloat16)
     monkeypatch.setenv("VIRNUCPRO_FUSED_KERNELS", "rotary_attention,flash")
     with pytest.raises(ValueError, match="unknown kernel.*flash"):
         fused_kernels(CUDA, torch.bfloat16)
@@ -50,35 +54,31 @@ def test_fused_kernels_apply_to_half_precision_on_measured_gpus_unless_turned_of
 
 
 def test_placing_esm_turns_the_fused_kernels_on_where_they_apply(monkeypatch):
-    def flags(module):  # (rotary attention, fc1 and GELU as one GEMM) of each layer
-        assert not any(layer.fused_gelu for layer in module.layers) or chosen == ("gelu",)
-        return [(layer.self_attn.fused_rotary_attention, layer.gelu_in_gemm or layer.fused_gelu)
+    def flags(module):  # (rotary attention, fc1 and GELU as one GEMM, the GELU kernel) of each layer
+        return [(layer.self_attn.fused_rotary_attention, layer.gelu_in_gemm, layer.fused_gelu)
                 for layer in module.layers]
-
-    chosen = FUSED_KERNELS
 
     def residual_in_gemm(module):
         return module.residual_in_gemm
 
     arch = dict(num_layers=2, embed_dim=128, attention_heads=4)  # heads of 32
     cpu = torch.device("cpu")
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, False)] * 2
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, False, False)] * 2
     assert not residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32).module)
     monkeypatch.setattr(placement, "fused_kernels", lambda *args: FUSED_KERNELS)
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(True, True)] * 2
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(True, True, False)] * 2
     assert residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32).module)
     # heads of 16 (the demo model's): too narrow for the attention kernel's products; the GELU
     # takes any width
-    assert flags(placement.EsmOnDevice(demo.demo_esm().architecture, cpu, torch.float32).module) == [(False, True)] * 2
+    assert flags(placement.EsmOnDevice(demo.demo_esm().architecture, cpu, torch.float32).module) == [(False, True, False)] * 2
     # heads of 24 (ESM-2 35M's): not a power of two
     assert flags(placement.EsmOnDevice(dict(num_layers=1, embed_dim=480, attention_heads=20), cpu,
-                                       torch.float32).module) == [(False, True)]
+                                       torch.float32).module) == [(False, True, False)]
     # fp8 runs its own layers: left as they are
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module) == [(False, False)] * 2
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module) == [(False, False, False)] * 2
     assert not residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32, fp8_keep=()).module)
-    chosen = ("gelu",)
-    monkeypatch.setattr(placement, "fused_kernels", lambda *args: chosen)  # the user's choice
-    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, True)] * 2
+    monkeypatch.setattr(placement, "fused_kernels", lambda *args: ("gelu",))  # the user's choice
+    assert flags(placement.EsmOnDevice(arch, cpu, torch.float32).module) == [(False, False, True)] * 2
     assert not residual_in_gemm(placement.EsmOnDevice(arch, cpu, torch.float32).module)
 
 
@@ -264,7 +264,7 @@ def test_gpu_fused_rotary_attention_is_deterministic_and_proteins_do_not_depend_
 
 
 @pytest.mark.gpu
-def test_gpu_placed_esm_runs_the_fused_kernel_and_matches_fp32():
+def test_gpu_placed_esm_runs_the_fused_kernel_and_matches_fp32(monkeypatch):
     """Placed as the pipeline places it (bf16, compiled beside the copy), a model of ESM-2 3B's
     width runs the fused kernel and agrees with the fp32 eager model per protein."""
     from test_fast_path import random_proteins
@@ -276,6 +276,7 @@ def test_gpu_placed_esm_runs_the_fused_kernel_and_matches_fp32():
     from virnucpro.predict.placement import EsmOnDevice, _compile_and_warm_up_esm
 
     _skip_unless_fused("rotary_attention")
+    monkeypatch.delenv("VIRNUCPRO_FUSED_KERNELS", raising=False)  # the default set, whatever the shell says
     torch.manual_seed(0)
     reference = ESM2(num_layers=2, embed_dim=2560, attention_heads=40).cuda().eval()
     placed = EsmOnDevice(reference.architecture, CUDA, torch.bfloat16, beside=_compile_and_warm_up_esm)

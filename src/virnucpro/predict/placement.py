@@ -207,9 +207,10 @@ FUSED_GENERATIONS = (9,)
 # their own (models/layer_norm.py), where the weights' biases allow it (_check_deferred_biases).
 FUSED_KERNELS = ("rotary_attention", "gelu_in_gemm", "residual_in_gemm")
 # Known, not on by default in bf16: the exact erf GELU as a kernel of its own after fc1
-# (models/gelu.py), the path before gelu_in_gemm (named in its place, it restores that path;
-# gelu_in_gemm wins if both are named).
+# (models/gelu.py), the path before gelu_in_gemm. The two are alternatives: the one named
+# replaces the other in the default set ("1,gelu"); naming both is an error.
 OPTIONAL_KERNELS = ("gelu",)
+GELU_CHOICES = ("gelu", "gelu_in_gemm")
 # fp16's default set keeps the erf kernel. fp16 rounds 8x finer than bf16, so the epilogue's
 # tanh form no longer hides under the rounding it saves: measured on an H200, the worst ESM-2
 # cosine to fp32 went from 0.99999987 to 0.99999985 with it (bf16: unchanged or better), and
@@ -228,13 +229,19 @@ def fused_kernels(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
     chosen = os.environ.get("VIRNUCPRO_FUSED_KERNELS", "1").strip()
     if chosen in ("0", ""):
         return ()
-    names = tuple(name.strip() for name in chosen.split(","))
+    names = tuple(dict.fromkeys(name.strip() for name in chosen.split(",")))
     if unknown := set(names) - set(FUSED_KERNELS) - set(OPTIONAL_KERNELS) - {"1"}:
         raise ValueError(f"VIRNUCPRO_FUSED_KERNELS: unknown kernel(s) {sorted(unknown)}; "
                          f"known: {', '.join(FUSED_KERNELS + OPTIONAL_KERNELS)}, 1 for the default set, or 0 for none")
-    if "1" in names:  # the default set, with any others named beside it
-        return tuple(dict.fromkeys(default + tuple(name for name in names if name != "1")))
-    return names
+    if set(GELU_CHOICES) <= set(names):
+        raise ValueError("VIRNUCPRO_FUSED_KERNELS: gelu and gelu_in_gemm are two ways to compute the same "
+                         "GELU; name one")
+    if "1" not in names:
+        return names
+    # the default set, with any others named beside it; a GELU named replaces the default's
+    named_gelu = set(GELU_CHOICES) & set(names)
+    kept = tuple(name for name in default if not (named_gelu and name in GELU_CHOICES))
+    return tuple(dict.fromkeys(kept + tuple(name for name in names if name != "1")))
 
 
 def _use_fused_kernels(esm: ESM2, device: torch.device, dtype: torch.dtype) -> None:
