@@ -38,10 +38,9 @@ Layer variants (one TransformerLayer, torch.compile dynamic + deterministic, bf1
                     the next layer's first LayerNorm (takes and returns x and a pending term)
   deferred_add_layer_norm  fused_rotary_attention_gelu with that add and the first
                     LayerNorm as one hand-written kernel (benchmarks/add_layer_norm_kernel.py)
-  accumulate_packed TransformerLayer.accumulate_packed as shipped with every fused kernel on
-                    (bf16's default set: the GELU in fc1's epilogue)
-                    (rotary attention, erfc GELU, residual in the GEMMs, models/layer_norm.py's
-                    LayerNorm kernel)
+  accumulate_packed TransformerLayer.accumulate_packed as shipped in bf16, every fused kernel
+                    of its default set on (rotary attention, the GELU in fc1's epilogue,
+                    residual in the GEMMs, models/layer_norm.py's LayerNorm kernel)
   inplace_residual  fused_rotary_attention_gelu with out_proj and fc2 accumulating into the
                     residual stream in place (x.addmm_(h, W^T): cuBLAS's beta = 1, no add
                     kernel, no copy) and their biases deferred: the stream is held without

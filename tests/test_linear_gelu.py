@@ -7,23 +7,16 @@ epilogue delivers that accuracy."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 from test_fused_kernels import _packed_inputs, _skip_unless_fused
+from test_gelu import exact_gelu  # x Phi(x) in float64: the model's function
 
 from virnucpro.models.esm2 import TransformerLayer
 from virnucpro.models.linear_gelu import linear_gelu
 
 CUDA = torch.device("cuda", 0)
-
-
-def _exact_gelu(x: torch.Tensor) -> torch.Tensor:
-    """x Phi(x) in float64: the model's function."""
-    x = x.double()
-    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
 
 
 def test_op_is_the_tanh_form_of_gelu_within_its_known_distance_of_the_erf_form():
@@ -34,7 +27,7 @@ def test_op_is_the_tanh_form_of_gelu_within_its_known_distance_of_the_erf_form()
     got = linear_gelu(x, w, b)
     pre = F.linear(x, w, b)
     assert torch.equal(got, F.gelu(pre, approximate="tanh"))
-    distance = (got.double() - _exact_gelu(pre)).abs().max()
+    distance = (got.double() - exact_gelu(pre)).abs().max()
     # the two forms differ by up to 4.73e-4 (at x = 2.70); these inputs reach past 1e-4 of it
     assert 1e-4 < distance < 4.8e-4
 
@@ -62,7 +55,7 @@ def test_in_bf16_the_tanh_form_rounded_once_is_closer_to_the_exact_gelu_than_two
     0.99x at 8 (on this seed), where both paths come down to rounding x itself."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(1_000_000, generator=gen, dtype=torch.float64) * scale
-    exact = _exact_gelu(x)
+    exact = exact_gelu(x)
     once = F.gelu(x.float(), approximate="tanh").to(torch.bfloat16).double()
     twice = F.gelu(x.to(torch.bfloat16).float()).to(torch.bfloat16).double()
     rms_once = (once - exact).pow(2).mean().sqrt()
